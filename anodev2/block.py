@@ -1,0 +1,219 @@
+"""ODEBlock: the coupled (z, θ) block of ANODEV2 (Zhang et al. 2019, arXiv 1906.04596, Sec. 3).
+
+Activations follow ``dz/dt = f(z, θ(t))`` while the chosen weights θ of ``f`` follow their own
+ODE ``dθ/dt = q(θ, p)``; both are integrated together as one tuple state ``(z, θ_1, .., θ_k)``
+(θ has no batch dimension and is held once). ``f`` is written once as an ordinary module and
+evaluated with the evolved weights through ``torch.func.functional_call``. With
+``evolution=None`` or a static ``q`` this is a plain Neural ODE / ANODE block and no θ is
+integrated at all.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .adjoint import GRAD_MODES
+from .evolution import EVOLUTION_KINDS, WeightEvolution, build_evolution
+from .odeint import odeint
+from .solvers import get_tableau
+from .stats import SolveStats
+
+
+def conv_weight_names(f: nn.Module) -> list[str]:
+    """Names (relative to ``f``) of the weights of every ``nn.Conv2d`` inside ``f``."""
+    return [f"{name}.weight" if name else "weight" for name, m in f.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _select_targets(f: nn.Module, targets: Optional[Union[str, Sequence[str]]]) -> list[str]:
+    """Resolve ``evolution_targets`` (None = every conv weight; names or fnmatch patterns)."""
+    params = dict(f.named_parameters())
+    if targets is None:
+        names = conv_weight_names(f)
+        if not names:
+            raise ValueError("evolution needs weights to evolve, but f has no nn.Conv2d; "
+                             "pass evolution_targets=[parameter names] (one of "
+                             f"{sorted(params)})")
+        return names
+    patterns = [targets] if isinstance(targets, str) else list(targets)
+    names: list[str] = []
+    for pat in patterns:
+        hits = [n for n in params if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ValueError(f"evolution_targets entry {pat!r} matches no parameter of f; "
+                             f"parameters: {sorted(params)}")
+        names += [n for n in hits if n not in names]
+    return names
+
+
+def _takes_time(f: nn.Module) -> bool:
+    """True if ``f.forward`` takes (t, z), False if it takes (z,)."""
+    sig = inspect.signature(f.forward)
+    required = [p for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(required) not in (1, 2):
+        raise TypeError(f"f.forward must take (z) or (t, z); it requires {len(required)} positional "
+                        f"arguments: {[p.name for p in required]}")
+    return len(required) == 2
+
+
+class CoupledField(nn.Module):
+    """The joint vector field ``F(t, (z, θ)) = (f(z; θ), q(θ))`` integrated by an ODEBlock."""
+
+    def __init__(self, f: nn.Module, evolution: Optional[WeightEvolution], time_input: bool) -> None:
+        super().__init__()
+        self.f = f
+        self.evolution = evolution
+        self.time_input = time_input
+        self.names: tuple[str, ...] = () if evolution is None or evolution.is_static else tuple(evolution.targets)
+
+    def forward(self, t: Tensor, state):
+        if not self.names:
+            return self.f(t, state) if self.time_input else self.f(state)
+        z, thetas = state[0], tuple(state[1:])
+        args = (t, z) if self.time_input else (z,)
+        dz = functional_call(self.f, dict(zip(self.names, thetas)), args, strict=False)
+        return (dz, *self.evolution(t, thetas))
+
+
+class ODEBlock(nn.Module):
+    """``z(t1)`` of ``dz/dt = f(z, θ(t))``, ``dθ/dt = q(θ, p)`` from ``z(t0) = input``.
+
+    Args:
+        f: module mapping ``z -> dz/dt`` (``f(z)`` or ``f(t, z)``), output shape = input shape.
+        steps, method, grad, checkpoints: as in :func:`anodev2.odeint`.
+        evolution: None (static weights: Neural ODE / ANODE), a kind name
+            ("static", "diffusion", "advection", "reaction", "rda") or a
+            :class:`~anodev2.evolution.WeightEvolution` whose targets are parameters of ``f``.
+        evolution_targets: with a kind name, which parameters of ``f`` evolve: None = every
+            conv weight, or names / fnmatch patterns relative to ``f``.
+        t0, t1: the block's time interval.
+        time_input: override the detection of ``f(t, z)`` vs ``f(z)``.
+        record_weights: keep θ(t_n) of the last forward for :meth:`weights_at`.
+    Shapes: input ``[B, ...]`` -> output of the same shape.
+    """
+
+    def __init__(
+        self,
+        f: nn.Module,
+        steps: int = 2,
+        method: str = "euler",
+        grad: str = "checkpoint",
+        checkpoints: Optional[int] = None,
+        evolution: Union[None, str, WeightEvolution] = None,
+        evolution_targets: Optional[Union[str, Sequence[str]]] = None,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        time_input: Optional[bool] = None,
+        record_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(f, nn.Module):
+            raise TypeError(f"f must be an nn.Module, got {type(f).__name__}")
+        get_tableau(method)
+        if grad not in GRAD_MODES:
+            raise ValueError(f"grad={grad!r} is not supported; allowed: {list(GRAD_MODES)}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int)
+                                        or checkpoints < 0):
+            raise ValueError(f"checkpoints must be None or an int >= 0, got {checkpoints!r}")
+        if checkpoints is not None and grad != "checkpoint":
+            raise ValueError(f"checkpoints={checkpoints!r} only applies to grad='checkpoint', not {grad!r}")
+        evo = self._make_evolution(f, evolution, evolution_targets)
+        self.field = CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input))
+        self.steps, self.method, self.grad, self.checkpoints = steps, method, grad, checkpoints
+        self.t0, self.t1 = float(t0), float(t1)
+        self.record_weights = record_weights
+        self.last_stats = SolveStats()
+        self._trajectory: list[tuple[Tensor, ...]] = []
+
+    @staticmethod
+    def _make_evolution(f, evolution, targets) -> Optional[WeightEvolution]:
+        if evolution is None:
+            if targets is not None:
+                raise ValueError("evolution_targets given but evolution is None; set evolution to one of "
+                                 f"{list(EVOLUTION_KINDS)}")
+            return None
+        params = dict(f.named_parameters())
+        if isinstance(evolution, str):
+            if evolution not in EVOLUTION_KINDS:
+                raise ValueError(f"evolution={evolution!r} is not supported; allowed: None, "
+                                 f"{list(EVOLUTION_KINDS)} or a WeightEvolution instance")
+            names = _select_targets(f, targets)
+            return build_evolution(evolution, {n: params[n].shape for n in names})
+        if not isinstance(evolution, WeightEvolution):
+            raise TypeError(f"evolution must be None, a kind name {list(EVOLUTION_KINDS)} or a WeightEvolution, "
+                            f"got {type(evolution).__name__}")
+        if targets is not None:
+            raise ValueError("evolution_targets applies to a kind name; a WeightEvolution instance carries its targets")
+        for n in evolution.targets:
+            if n not in params:
+                raise ValueError(f"evolution target {n!r} is not a parameter of f; parameters: {sorted(params)}")
+            want = getattr(evolution, "target_shapes", {}).get(n)
+            if want is not None and tuple(want) != tuple(params[n].shape):
+                raise ValueError(f"evolution target {n!r} has shape {tuple(params[n].shape)} in f but the "
+                                 f"evolution was built for {tuple(want)}")
+        return evolution
+
+    # --- read-only views -------------------------------------------------------------
+    @property
+    def f(self) -> nn.Module:
+        return self.field.f
+
+    @property
+    def evolution(self) -> Optional[WeightEvolution]:
+        return self.field.evolution
+
+    @property
+    def evolution_kind(self) -> Optional[str]:
+        return None if self.evolution is None else self.evolution.kind
+
+    @property
+    def evolving_names(self) -> tuple[str, ...]:
+        """Names (relative to f) of the weights that evolve in time (empty for static q)."""
+        return self.field.names
+
+    def _static_params(self) -> list[Tensor]:
+        names = set(self.field.names)
+        own = [p for n, p in self.f.named_parameters() if n not in names]
+        evo = list(self.evolution.parameters()) if self.field.names else []
+        return own + evo
+
+    # --- forward ---------------------------------------------------------------------
+    def forward(self, z: Tensor) -> Tensor:
+        names = self.field.names
+        record = self.record_weights and bool(names)
+        self._trajectory = []
+        callback = (lambda n, y: self._trajectory.append(tuple(w.detach() for w in y[1:]))) if record else None
+        if names:
+            params = dict(self.f.named_parameters())
+            y0 = (z, *(params[n] for n in names))
+        else:
+            y0 = z
+        out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad,
+                     checkpoints=self.checkpoints, params=self._static_params(), stats=self.last_stats,
+                     callback=callback)
+        return out[0] if names else out
+
+    def weights_at(self) -> dict[str, list[Tensor]]:
+        """θ(t_0), ..., θ(t_Nt) of the last forward for each evolving weight (Nt + 1 detached
+        tensors; θ(t_0) = the parameter). A static evolution gives θ0 at every t_n; no
+        evolution gives ``{}``."""
+        if self.evolution is None:
+            return {}
+        params = dict(self.f.named_parameters())
+        if not self.field.names:
+            return {n: [params[n].detach()] * (self.steps + 1) for n in self.evolution.targets}
+        if not self._trajectory:
+            raise RuntimeError("weights_at() needs a forward pass first (with record_weights=True)")
+        return {n: [step[i] for step in self._trajectory] for i, n in enumerate(self.field.names)}
+
+    def extra_repr(self) -> str:
+        evo = self.evolution_kind
+        return (f"steps={self.steps}, method={self.method!r}, grad={self.grad!r}, checkpoints={self.checkpoints}, "
+                f"t=[{self.t0}, {self.t1}], evolution={evo!r}, evolving={list(self.evolving_names)}")

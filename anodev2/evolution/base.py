@@ -1,0 +1,134 @@
+"""Weight-evolution base class and the static (q = 0) evolution.
+
+A weight evolution is the right-hand side ``q`` of the weight ODE
+``dθ/dt = q(θ, p)`` of an ANODEV2 block (Zhang et al. 2019, arXiv 1906.04596,
+Eq. 3): ``forward(t, thetas)`` maps the current evolving weights (one tensor per
+target, no batch dim) to their time derivatives. ``p`` are the module's own
+parameters (the learned coefficients).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["WeightEvolution", "StaticEvolution", "safe_key", "check_conv_shapes"]
+
+
+def safe_key(name: str) -> str:
+    """Map a parameter name such as ``"layer1.conv1.weight"`` to a key usable as a
+    PyTorch parameter/module name (no ``'.'``): ``"layer1__conv1__weight"``."""
+    return name.replace(".", "__")
+
+
+def _normalise_shapes(target_shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Size]:
+    if not isinstance(target_shapes, Mapping):
+        raise TypeError(
+            "target_shapes must be a mapping {parameter name: shape}, got "
+            f"{type(target_shapes).__name__}"
+        )
+    shapes: dict[str, torch.Size] = {}
+    keys: dict[str, str] = {}
+    for name, shape in target_shapes.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"target_shapes keys must be non-empty str parameter names, got {name!r}")
+        try:
+            size = torch.Size(shape)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"target_shapes[{name!r}] must be a torch.Size or a tuple of ints, got {shape!r}"
+            ) from None
+        key = safe_key(name)
+        if key in keys:
+            raise ValueError(
+                f"target names {keys[key]!r} and {name!r} collide after replacing '.' by '__'"
+            )
+        keys[key] = name
+        shapes[name] = size
+    return shapes
+
+
+def check_conv_shapes(target_shapes: Mapping[str, torch.Size]) -> None:
+    """Raise ValueError unless every shape is a 4-D conv weight ``[O, I, kH, kW]`` with
+    all sizes >= 1 (kernels need not be square; 1x1 is allowed)."""
+    for name, shape in target_shapes.items():
+        if len(shape) != 4 or min(shape) < 1:
+            raise ValueError(
+                f"evolution target {name!r} has shape {tuple(shape)}; weight evolution needs a "
+                "4-D conv weight [out_channels, in_channels, kH, kW] with all sizes >= 1"
+            )
+
+
+class WeightEvolution(nn.Module):
+    """Base class of weight evolutions ``q``.
+
+    Attributes:
+        kind: the evolution kind (one of ``EVOLUTION_KINDS``).
+        targets: names of the evolved parameters (relative to ``f``), in order.
+        target_shapes: ``{name: torch.Size}`` in the same order.
+        is_static: True when ``q = 0`` identically (the block may skip θ integration).
+
+    ``forward(t, thetas)``: ``t`` a 0-dim tensor, ``thetas`` a tuple with one tensor per
+    target (shape ``target_shapes[name]``); returns a tuple ``dθ/dt`` of the same shapes
+    and dtypes. Subclasses implement ``_rates(t, thetas)``.
+    """
+
+    kind: str = "base"
+    is_static: bool = False
+
+    def __init__(self, target_shapes: Mapping[str, Sequence[int]]):
+        super().__init__()
+        shapes = _normalise_shapes(target_shapes)
+        self.targets: tuple[str, ...] = tuple(shapes)
+        self.target_shapes: dict[str, torch.Size] = shapes
+
+    def forward(self, t: torch.Tensor, thetas: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if not isinstance(thetas, (tuple, list)):
+            raise TypeError(
+                f"thetas must be a tuple of tensors (one per target), got {type(thetas).__name__}"
+            )
+        if len(thetas) != len(self.targets):
+            raise ValueError(
+                f"thetas has {len(thetas)} tensors but the evolution has {len(self.targets)} "
+                f"targets {self.targets}"
+            )
+        for name, theta in zip(self.targets, thetas):
+            if not isinstance(theta, torch.Tensor):
+                raise TypeError(f"theta for target {name!r} must be a Tensor, got {type(theta).__name__}")
+            if theta.shape != self.target_shapes[name]:
+                raise ValueError(
+                    f"theta for target {name!r} has shape {tuple(theta.shape)}, expected "
+                    f"{tuple(self.target_shapes[name])}"
+                )
+        return self._rates(t, tuple(thetas))
+
+    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def coefficients(self) -> dict[str, torch.Tensor]:
+        """Detached effective coefficients for logging: ``{"<target>/<term>": Tensor[O]}``."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, targets={self.targets}"
+
+
+class StaticEvolution(WeightEvolution):
+    """``q = 0``: weights stay constant in time (plain Neural ODE / ANODE block).
+
+    ``is_static`` is True, so an ODE block skips integrating θ altogether; ``forward``
+    still returns zeros so that the evolution is usable as an ordinary ``q``.
+    Has no parameters. Targets must be 4-D conv weights, as for every kind.
+    """
+
+    kind = "static"
+    is_static = True
+
+    def __init__(self, target_shapes: Mapping[str, Sequence[int]]):
+        super().__init__(target_shapes)
+        check_conv_shapes(self.target_shapes)
+
+    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.zeros_like(theta) for theta in thetas)

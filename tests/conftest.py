@@ -1,0 +1,16 @@
+"""Shared test settings: deterministic, few threads (CI has 2 cores)."""
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / max(||b||, tiny)."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
