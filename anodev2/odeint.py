@@ -45,7 +45,9 @@ def _normalise_state(y0: StateLike) -> tuple[bool, tuple[Tensor, ...]]:
 
 
 def _tuple_func(func: Callable, is_tensor: bool, state: tuple[Tensor, ...]) -> Callable:
-    """Wrap ``func`` so it maps tuples to tuples, checking its output structure every call."""
+    """Wrap ``func`` so it maps tuples to tuples, checking its output structure every call.
+    An output of another floating dtype (autocast) is cast to the state's dtype, so the state
+    keeps its precision through the solve."""
     shapes = [y.shape for y in state]
     dtypes = [y.dtype for y in state]
 
@@ -58,11 +60,13 @@ def _tuple_func(func: Callable, is_tensor: bool, state: tuple[Tensor, ...]) -> C
         elif not isinstance(out, (tuple, list)) or len(out) != len(state):
             got = f"{type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
             raise TypeError(f"func must return a tuple of {len(state)} Tensors like y0, got {got}")
-        for i, (o, s, d) in enumerate(zip(out, shapes, dtypes)):
-            if not isinstance(o, Tensor) or o.shape != s or o.dtype != d:
+        for i, (o, s) in enumerate(zip(out, shapes)):
+            if not isinstance(o, Tensor) or o.shape != s or not o.is_floating_point():
                 desc = f"{tuple(o.shape)} {o.dtype}" if isinstance(o, Tensor) else type(o).__name__
-                raise ValueError(f"func output {i} is {desc}, but the state entry is {tuple(s)} {d}: "
-                                 "dy/dt must have the shape and dtype of y")
+                raise ValueError(f"func output {i} is {desc}, but the state entry is {tuple(s)} {dtypes[i]}: "
+                                 "dy/dt must be a floating tensor with the shape of y")
+        if any(o.dtype != d for o, d in zip(out, dtypes)):  # e.g. a bf16 output under autocast
+            out = tuple(o.to(d) for o, d in zip(out, dtypes))
         return tuple(out)
 
     return wrapped

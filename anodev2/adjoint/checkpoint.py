@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import integrate
-from .recompute import RngLog, frozen_norm_statistics
+from .recompute import RngLog, autocast_replay, frozen_norm_statistics
 from .schedule import Advance, Free, Reverse, revolve_schedule, slots_for
 from .spec import SolveSpec
 
@@ -33,6 +33,7 @@ class _CheckpointAdjoint(torch.autograd.Function):
                            callback=spec.callback, before_step=rng.record if rng else None)
         spec.stats.forward_evals += spec.steps * spec.tableau.stages
         ctx.spec, ctx.rng = spec, rng
+        ctx.autocast = autocast_replay(y0[0].device.type)
         ctx.save_for_backward(*inputs)
         return y1
 
@@ -42,7 +43,7 @@ class _CheckpointAdjoint(torch.autograd.Function):
         rng: Optional[RngLog] = ctx.rng
         inputs = ctx.saved_tensors
         y0, params = inputs[: spec.n_state], inputs[spec.n_state:]
-        with rng.forked() if rng else contextlib.nullcontext(), frozen_norm_statistics(spec.module):
+        with rng.forked() if rng else contextlib.nullcontext(), frozen_norm_statistics(spec.module), ctx.autocast():
             if torch.is_grad_enabled():  # create_graph=True: differentiate the gradient itself
                 grads = _unrolled_vjp(spec, rng, y0, params, grad_y1)
             else:

@@ -1,8 +1,9 @@
 """Make re-evaluation of the vector field during backward side-effect free.
 
 Recomputation must give the forward pass's values exactly and must not change state:
-BatchNorm running statistics are not updated a second time (:func:`frozen_norm_statistics`)
-and dropout masks are re-drawn from the RNG state the forward step saw (:class:`RngLog`).
+BatchNorm running statistics are not updated a second time (:func:`frozen_norm_statistics`),
+dropout masks are re-drawn from the RNG state the forward step saw (:class:`RngLog`), and
+the forward pass's autocast (AMP) state is re-entered (:func:`autocast_replay`).
 """
 from __future__ import annotations
 
@@ -67,3 +68,16 @@ class RngLog:
         """Leave the global RNG streams as they were after the context."""
         with torch.random.fork_rng(devices=self.devices):
             yield
+
+
+def autocast_replay(device_type: str):
+    """Capture the autocast state of the forward pass; the returned callable gives a context
+    that re-enters it during backward recomputation (so AMP forward and recompute agree)."""
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    cache = torch.is_autocast_cache_enabled()
+
+    def context():
+        return torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled, cache_enabled=cache)
+
+    return context
