@@ -125,7 +125,12 @@ class ODEBlock(nn.Module):
         if checkpoints is not None and grad != "checkpoint":
             raise ValueError(f"checkpoints={checkpoints!r} only applies to grad='checkpoint', not {grad!r}")
         evo = self._make_evolution(f, evolution, evolution_targets)
-        self.field = CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input))
+        # f and the evolution are the block's own submodules (state-dict keys "f.*", "evolution.*",
+        # as for a discrete residual block); the joint vector field refers to them without
+        # registering them a second time.
+        self.f = f
+        self.evolution = evo
+        object.__setattr__(self, "field", CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input)))
         self.steps, self.method, self.grad, self.checkpoints = steps, method, grad, checkpoints
         self.t0, self.t1 = float(t0), float(t1)
         self.record_weights = record_weights
@@ -161,14 +166,6 @@ class ODEBlock(nn.Module):
         return evolution
 
     # --- read-only views -------------------------------------------------------------
-    @property
-    def f(self) -> nn.Module:
-        return self.field.f
-
-    @property
-    def evolution(self) -> Optional[WeightEvolution]:
-        return self.field.evolution
-
     @property
     def evolution_kind(self) -> Optional[str]:
         return None if self.evolution is None else self.evolution.kind

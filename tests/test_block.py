@@ -69,10 +69,10 @@ def test_gradient_reaches_theta0_and_coefficients_and_static_params():
     x = torch.randn(2, 4, 5, 5, dtype=D)
     _, g = train_step(blk, x)
     grads = dict(zip([n for n, _ in blk.named_parameters()], g))
-    assert grads["field.f.0.weight"].abs().sum() > 0  # θ0, evolving
-    assert grads["field.f.4.weight"].abs().sum() > 0  # static conv weight
-    assert grads["field.f.1.weight"].abs().sum() > 0  # BatchNorm affine, static
-    evo = [n for n in grads if n.startswith("field.evolution.")]
+    assert grads["f.0.weight"].abs().sum() > 0  # θ0, evolving
+    assert grads["f.4.weight"].abs().sum() > 0  # static conv weight
+    assert grads["f.1.weight"].abs().sum() > 0  # BatchNorm affine, static
+    evo = [n for n in grads if n.startswith("evolution.")]
     assert evo and all(grads[n].abs().sum() > 0 for n in evo)
 
 
@@ -248,3 +248,16 @@ def test_autocast_state_is_replayed_in_recomputation():
         res[grad] = torch.autograd.grad(y.float().square().mean(), list(blk.parameters()))
     for a, b in zip(res["checkpoint"], res["backprop"]):
         assert rel_err(a, b) < 1e-5  # without the replay: 3e-4 .. 4e-3
+
+
+def test_state_dict_keys_and_device_moves_keep_the_field_consistent():
+    blk = make_block(evolution="rda", steps=2)
+    keys = list(blk.state_dict())
+    assert "f.0.weight" in keys and any(k.startswith("evolution.") for k in keys)
+    assert not any(k.startswith("field.") for k in keys), "f must be stored once"
+    blk.float()
+    assert blk.field.f is blk.f and blk.field.f[0].weight.dtype == torch.float32
+    blk(torch.randn(1, 4, 5, 5))
+    import copy
+    twin = copy.deepcopy(blk)
+    assert twin.field.f is twin.f and twin.f is not blk.f

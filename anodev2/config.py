@@ -1,0 +1,467 @@
+"""Typed, validated experiment configuration for ``train_coupled.py``.
+
+A config is a YAML file (read with ``yaml.safe_load``) with the sections
+
+    data:   which data set, where it lives, subsets, augmentation, loader workers
+    model:  network name and variant, ODE solver (steps, method, grad, checkpoints),
+            weight evolution (ANODEV2, arXiv 1906.04596) and extra build options
+    optim:  SGD (momentum, nesterov) or Adam; lr, weight decay, multistep/cosine schedule
+    train:  epochs, batch size, seed, device, evaluation period, mixed precision
+    log:    TensorBoard / weight-evolution logging options
+    out_dir: where logs, metrics and checkpoints of the run go
+
+An optional top-level ``base: NAME_OR_PATH`` inherits another config (deep merge,
+this file wins). Every key is validated against the frozen dataclasses below;
+unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+naming the key, the value and what is allowed. Dotted ``key=value`` overrides
+(``train.epochs=1``) are parsed with ``yaml.safe_load`` and validated the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "LogConfig", "Config",
+    "CONFIG_DIR", "available_configs", "find_config", "load_config", "parse_overrides",
+    "config_from_dict", "config_to_dict", "dump_config", "describe_keys",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message is meant for the user as is."""
+
+
+# ----------------------------------------------------------------------------- choices
+# Choices that belong to other parts of the library are read from there lazily,
+# so a new model, solver or evolution operator is accepted without touching this file.
+
+def _model_names() -> tuple:
+    from anodev2 import models
+    return tuple(sorted(models.MODELS))
+
+
+def _variants() -> tuple:
+    from anodev2 import models
+    return tuple(models.VARIANTS)
+
+
+def _methods() -> tuple:
+    from anodev2.solvers import TABLEAUX
+    return tuple(TABLEAUX)
+
+
+def _norms() -> tuple:
+    from anodev2 import models
+    return tuple(models.NORMS)
+
+
+def _evolutions() -> tuple:
+    from anodev2.evolution import EVOLUTION_KINDS
+    return tuple(EVOLUTION_KINDS)
+
+
+def _opt(default, help: str, choices: Union[Sequence, Callable[[], Sequence], None] = None,
+         min=None, max=None, min_open: bool = False, max_open: bool = False):
+    """A dataclass field with validation metadata (choices, range) and a help text."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_open=min_open, max_open=max_open)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _opt("cifar10", "data set", choices=DATASETS)
+    root: Optional[str] = _opt(None, "data directory; null = $ANODEV2_DATA or ./data")
+    subset_train: Optional[int] = _opt(None, "use this many training images (seeded choice); null = all", min=1)
+    subset_test: Optional[int] = _opt(None, "use this many test images (seeded choice); null = all", min=1)
+    augment: bool = _opt(True, "random crop (padding 4) + horizontal flip (flip not for mnist)")
+    workers: int = _opt(0, "DataLoader worker processes preparing batches; 0 = main process", min=0)
+    download: bool = _opt(True, "try a torchvision download when the data is not found in root")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _opt("resnet10", "network in anodev2.models.MODELS", choices=_model_names)
+    variant: str = _opt("anodev2", "baseline (discrete ResNet) | neuralode | anode | anodev2", choices=_variants)
+    steps: Optional[int] = _opt(None, "time steps Nt per ODE block; null = variant default (2)", min=1)
+    method: Optional[str] = _opt(None, "explicit Runge-Kutta method; null = variant default (euler)",
+                                 choices=_methods)
+    grad: Optional[str] = _opt(None, "backprop | checkpoint (discrete adjoint) | backsolve; null = variant default",
+                               choices=("backprop", "checkpoint", "backsolve"))
+    checkpoints: Optional[int] = _opt(None, "checkpoint slots per block (grad=checkpoint); null = keep every step state",
+                                      min=0)
+    evolution: Optional[str] = _opt(None, "weight evolution q; null = variant default (rda for anodev2, none otherwise)",
+                                    choices=_evolutions)
+    evolution_targets: Optional[list[str]] = _opt(None, "evolving parameter names/patterns; null = spatial conv weights")
+    width: float = _opt(1.0, "channel multiplier (small values give tiny test networks)", min=0.0, min_open=True)
+    norm: str = _opt("batch", "normalisation layers", choices=_norms)
+    options: dict[str, Any] = _opt({}, "further keyword options for anodev2.models.build")
+
+    #: fields forwarded to anodev2.models.build when not null (ODE options are an error for baseline)
+    ODE_FIELDS = ("steps", "method", "grad", "checkpoints", "evolution", "evolution_targets")
+
+    def build_options(self) -> dict:
+        """Keyword options for ``anodev2.models.build`` (ODE options only when set)."""
+        opts = {k: getattr(self, k) for k in self.ODE_FIELDS if getattr(self, k) is not None}
+        if "evolution_targets" in opts:
+            opts["evolution_targets"] = list(opts["evolution_targets"])
+        if self.width != 1.0:
+            opts["width"] = self.width
+        if self.norm != "batch":
+            opts["norm"] = self.norm
+        return {**opts, **self.options}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
+    lr: float = _opt(0.1, "base learning rate", min=0.0, min_open=True)
+    momentum: float = _opt(0.9, "SGD momentum", min=0.0, max=1.0, max_open=True)
+    nesterov: bool = _opt(False, "SGD Nesterov momentum")
+    weight_decay: float = _opt(5e-4, "L2 weight decay", min=0.0)
+    schedule: str = _opt("multistep", "learning-rate schedule (per epoch)", choices=("multistep", "cosine"))
+    milestones: list[int] = _opt([150, 250], "multistep: epochs at which lr is multiplied by gamma", min=1)
+    gamma: float = _opt(0.1, "multistep: lr factor at each milestone", min=0.0, max=1.0, min_open=True)
+    warmup_epochs: int = _opt(0, "linear warm-up epochs before the schedule", min=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(350, "number of epochs", min=1)
+    batch_size: int = _opt(128, "images per optimizer step per process", min=1)
+    seed: int = _opt(0, "seed of initialisation, subsets, data order and augmentation", min=0)
+    device: str = _opt("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
+    eval_every: int = _opt(1, "evaluate on the test set every this many epochs (and after the last)", min=1)
+    amp: bool = _opt(False, "CUDA mixed precision (float16 autocast + GradScaler)")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = _opt(True, "write TensorBoard event files to out_dir")
+    evolution_every: int = _opt(1, "log weight-evolution views every this many epochs; 0 = never", min=0)
+    evolution_batch: int = _opt(8, "images in the fixed batch that populates weights_at()", min=1)
+    max_kernels: int = _opt(16, "kernels shown per weight in the kernel image grids", min=1)
+    progress: bool = _opt(True, "tqdm progress bar (only on a terminal, rank 0)")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    out_dir: str = _opt("runs/{config}", "run directory; '{config}' is replaced by the config name")
+
+
+def _sections() -> dict:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _leaf_keys() -> list[str]:
+    keys = []
+    for name, cls in _sections().items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    keys += [f.name for f in dataclasses.fields(Config) if f.name not in _sections()]
+    return keys
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " | ".join(_type_name(a) for a in args) + " | null"
+    if origin in (list, tuple):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(tp, str(tp))
+
+
+def _describe_allowed(tp, meta) -> str:
+    parts = [_type_name(tp)]
+    choices = meta.get("choices")
+    if choices is not None:
+        parts = [" | ".join(map(str, _choices(choices)))]
+        if typing.get_origin(tp) is Union:
+            parts[0] += " | null"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None or hi is not None:
+        rng = []
+        if lo is not None:
+            rng.append(f"{'>' if meta.get('min_open') else '>='} {lo}")
+        if hi is not None:
+            rng.append(f"{'<' if meta.get('max_open') else '<='} {hi}")
+        parts.append(" and ".join(rng))
+    return ", ".join(parts)
+
+
+def _choices(choices) -> tuple:
+    return tuple(choices() if callable(choices) else choices)
+
+
+def _coerce(key: str, value, tp, meta):
+    """Return ``value`` converted to type ``tp`` or raise ConfigError."""
+    def bad(extra: str = ""):
+        return ConfigError(f"{key}={value!r} is not allowed{extra}; allowed: {_describe_allowed(tp, meta)}")
+
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0], meta)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1]
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise bad()
+        return tuple(_coerce(f"{key}[{i}]", v, inner, meta) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad()
+        if not all(isinstance(k, str) for k in value):
+            raise bad(" (keys must be strings)")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad()
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad()
+    choices = meta.get("choices")
+    if choices is not None and value not in _choices(choices):
+        raise bad()
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_open") and value == lo)):
+        raise bad()
+    if hi is not None and (value > hi or (meta.get("max_open") and value == hi)):
+        raise bad()
+    return value
+
+
+def _unknown(key: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _build_section(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        if k not in fields:
+            raise _unknown(f"{prefix}.{k}", _leaf_keys())
+        kwargs[k] = _coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: Mapping, name: str = "config") -> Config:
+    """Validate a plain dict (as from YAML) into a :class:`Config`. ``name`` fills '{config}' in out_dir."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    sections = _sections()
+    kwargs = {}
+    for k, v in raw.items():
+        if k in sections:
+            kwargs[k] = _build_section(sections[k], v, k)
+        elif k == "out_dir":
+            out = _coerce("out_dir", v, str, {})
+            kwargs[k] = out.replace("{config}", name)
+        else:
+            raise _unknown(str(k), list(sections) + ["out_dir"] + _leaf_keys())
+    kwargs.setdefault("out_dir", Config.__dataclass_fields__["out_dir"].default.replace("{config}", name))
+    cfg = Config(**kwargs)
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    o = cfg.optim
+    if o.name == "sgd" and o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+    if list(o.milestones) != sorted(set(o.milestones)):
+        raise ConfigError(f"optim.milestones={list(o.milestones)!r} is not allowed; allowed: strictly increasing epochs")
+    if o.warmup_epochs >= cfg.train.epochs and o.warmup_epochs > 0 and o.schedule == "cosine":
+        raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} is not allowed with schedule cosine; "
+                          f"allowed: < train.epochs ({cfg.train.epochs})")
+
+
+# ----------------------------------------------------------------------------- files
+
+def available_configs() -> list[str]:
+    """Names of the configs in experiments/configs (without .yaml)."""
+    if not CONFIG_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a config: an existing path, else experiments/configs/NAME[.yaml]."""
+    p = Path(name_or_path)
+    candidates = [p]
+    if not p.is_absolute():
+        candidates += [CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    avail = ", ".join(available_configs()) or "(none)"
+    raise ConfigError(f"config '{name_or_path}' not found (looked for it as a path and in {CONFIG_DIR}); "
+                      f"available configs: {avail}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"cannot parse {path}: {msg}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "options":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_raw(name_or_path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """The merged plain dict of a config file, following ``base:`` links."""
+    path = find_config(name_or_path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config 'base' links form a cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"base={base!r} in {path} is not allowed; allowed: a config name or path")
+    if not Path(base).is_absolute() and (path.parent / base).is_file():
+        base = str(path.parent / base)
+    return _merge(load_raw(base, _seen + (path,)), raw)
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``['train.epochs=1', 'model.options.width=4']`` -> nested dict (values via yaml.safe_load)."""
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not allowed; allowed: KEY=VALUE, e.g. train.epochs=1")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"override key '{key}' is not allowed; allowed: dotted keys such as train.epochs")
+        _check_override_key(key)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _check_override_key(key: str) -> None:
+    valid = _leaf_keys()
+    if key in valid or key in _sections():
+        return
+    if key.startswith("model.options."):
+        return
+    raise _unknown(key, valid)
+
+
+def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = (), name: str | None = None) -> Config:
+    """Read, merge (``base:``), override and validate a config. Raises ConfigError."""
+    raw = _merge(load_raw(name_or_path), parse_overrides(overrides))
+    return config_from_dict(raw, name=name or find_config(name_or_path).stem)
+
+
+# ----------------------------------------------------------------------------- output
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (lists, not tuples) that :func:`config_from_dict` reads back to ``cfg``."""
+    return _plain(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def describe_keys() -> str:
+    """One line per config key: dotted name, default, allowed values, help (for --help)."""
+    lines = []
+    for name, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            try:
+                allowed = _describe_allowed(hints[f.name], f.metadata)
+            except Exception:  # a registry that cannot be imported yet: still show the key
+                allowed = _type_name(hints[f.name])
+            lines.append(f"  {name}.{f.name} = {yaml.safe_dump(_plain(default), default_flow_style=True).strip().removesuffix('...').strip()}"
+                         f"  [{allowed}]  {f.metadata.get('help', '')}")
+    lines.append("  out_dir = runs/{config}  [string]  " + Config.__dataclass_fields__["out_dir"].metadata["help"])
+    return "\n".join(lines)

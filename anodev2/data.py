@@ -1,0 +1,303 @@
+"""Data sets held in memory as uint8 tensors, with batch-level augmentation.
+
+Every supported data set (CIFAR-10/100, MNIST, synthetic) is loaded once into an
+:class:`ArrayDataset` (``images`` uint8 [N, C, H, W], ``labels`` int64 [N]).
+:class:`BatchLoader` then yields normalised float batches. Data order and
+augmentation depend only on ``(seed, epoch, rank, batch index)``, so a run resumed
+after epoch k sees exactly the batches an uninterrupted run would, with or
+without worker processes.
+
+Where CIFAR comes from, in this order (``root`` = ``data.root``, default
+``$ANODEV2_DATA`` or ``./data``):
+
+1. ``root/cifar10.npz`` (``cifar100.npz``, ``mnist.npz``) with keys ``x_train`` uint8
+   [N, H, W, C] or [N, H, W], ``y_train``, ``x_test``, ``y_test``, as written by
+   ``shared/data/make_cifar10_npz.py``;
+2. torchvision's layout in ``root`` (``download=False``);
+3. a torchvision download into ``root`` (when ``data.download``; network errors are caught);
+4. otherwise :class:`DataNotFoundError` saying where it looked and how to provide the data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["ArrayDataset", "DataNotFoundError", "BatchLoader", "load_datasets", "default_root",
+           "augment_batch", "seed_for", "NORMALIZATION"]
+
+#: per-channel (mean, std) in [0, 1] units; CIFAR-10 values as in the ANODE code.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "synthetic": 10}
+SYNTHETIC_SIZES = (1024, 256)  # train, test images of the synthetic set
+
+
+class DataNotFoundError(RuntimeError):
+    """The data set is neither in ``root`` nor downloadable; the message says how to provide it."""
+
+
+@dataclass
+class ArrayDataset:
+    """An in-memory image classification set.
+
+    images: uint8 [N, C, H, W]; labels: int64 [N]; mean/std: per-channel normalisation
+    (length C, [0, 1] units); flip: whether horizontal flips are a valid augmentation.
+    """
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    flip: bool = True
+    source: str = ""
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape [{self.images.shape[0]}], got {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.images.shape[1]
+
+    def subset(self, n: Optional[int], seed: int) -> "ArrayDataset":
+        """``n`` images chosen by a generator seeded with ``seed`` (kept in original order); all if n is None."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed_for(seed, "subset"))
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return ArrayDataset(self.images[idx].contiguous(), self.labels[idx], self.num_classes,
+                            self.mean, self.std, self.flip, self.source + f" (subset {n})")
+
+
+def seed_for(*parts) -> int:
+    """A 63-bit seed derived deterministically from ints/strings (numpy SeedSequence)."""
+    ints = [p if isinstance(p, int) else int.from_bytes(str(p).encode(), "little") % (2**32) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(2, np.uint32).astype(np.uint64) @ np.array([1, 2**31], np.uint64))
+
+
+def default_root() -> str:
+    """``$ANODEV2_DATA`` if set, else ``./data``."""
+    return os.environ.get("ANODEV2_DATA") or "./data"
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _from_arrays(x: np.ndarray, y: np.ndarray, name: str, source: str) -> ArrayDataset:
+    x = torch.as_tensor(np.ascontiguousarray(x))
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    mean, std = NORMALIZATION[name]
+    return ArrayDataset(x.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(y)).long(),
+                        NUM_CLASSES[name], mean, std, flip=name != "mnist", source=source)
+
+
+def _load_npz(path: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+        if missing:
+            raise DataNotFoundError(f"{path} lacks the arrays {sorted(missing)}; "
+                                    f"expected x_train, y_train, x_test, y_test")
+        return (_from_arrays(z["x_train"], z["y_train"], name, str(path)),
+                _from_arrays(z["x_test"], z["y_test"], name, str(path)))
+
+
+def _torchvision_class(name: str):
+    import torchvision.datasets as tvd
+    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}[name]
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    cls = _torchvision_class(name)
+    out = []
+    for train in (True, False):
+        ds = cls(root=root, train=train, download=download)
+        data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
+        out.append(_from_arrays(data, np.asarray(ds.targets), name, f"torchvision {cls.__name__} in {root}"))
+    return out[0], out[1]
+
+
+def _synthetic(seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-shaped, deterministic, learnable: each class is a smooth colour template plus noise."""
+    g = torch.Generator().manual_seed(seed_for(seed, "synthetic"))
+    templates = torch.rand(10, 3, 4, 4, generator=g)
+    templates = torch.nn.functional.interpolate(templates, size=(32, 32), mode="bilinear", align_corners=False)
+
+    def make(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = 0.6 * templates[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=g)
+        return (x * 255).round().clamp(0, 255).to(torch.uint8), y
+
+    mean, std = NORMALIZATION["synthetic"]
+    (xa, ya), (xb, yb) = make(SYNTHETIC_SIZES[0]), make(SYNTHETIC_SIZES[1])
+    return (ArrayDataset(xa, ya, 10, mean, std, source="synthetic"),
+            ArrayDataset(xb, yb, 10, mean, std, source="synthetic"))
+
+
+def load_datasets(name: str, root: Optional[str] = None, download: bool = True,
+                  subset_train: Optional[int] = None, subset_test: Optional[int] = None,
+                  seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) :class:`ArrayDataset` of ``name`` in cifar10 | cifar100 | mnist | synthetic.
+
+    Subsets are chosen by a generator seeded with ``seed``. Raises DataNotFoundError.
+    """
+    if name not in NUM_CLASSES:
+        raise ValueError(f"data.name={name!r} is not allowed; allowed: {' | '.join(NUM_CLASSES)}")
+    if name == "synthetic":
+        train, test = _synthetic()
+    else:
+        train, test = _find_real(name, root or default_root(), download)
+    return train.subset(subset_train, seed), test.subset(subset_test, seed + 1)
+
+
+def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    npz = Path(root) / f"{name}.npz"
+    if npz.is_file():
+        return _load_npz(npz, name)
+    tried = [f"{npz} (not found)"]
+    try:
+        return _load_torchvision(name, root, download=False)
+    except (RuntimeError, OSError) as e:
+        tried.append(f"torchvision layout in {root} ({' '.join(str(e).split())[:120]})")
+    if download:
+        try:
+            return _load_torchvision(name, root, download=True)
+        except Exception as e:  # URLError, HTTPError, timeouts, checksum errors: all mean "no data"
+            tried.append(f"torchvision download into {root} ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    else:
+        tried.append("download skipped (data.download=false)")
+    how = ("run once with internet access (torchvision downloads it into data.root)"
+           if download else "set data.download=true on a machine with internet access")
+    script = Path(__file__).resolve().parents[2] / "shared" / "data" / "make_cifar10_npz.py"
+    script = script if script.is_file() else Path("../shared/data/make_cifar10_npz.py")
+    extra = f", or build the arrays file offline: python {script} {root}" if name == "cifar10" else ""
+    raise DataNotFoundError(f"{name} data not found. Looked at: {'; '.join(tried)}. To provide it: {how}{extra}, "
+                            f"or put torchvision's {name} layout in {root} (data.root=DIR or $ANODEV2_DATA)")
+
+
+# ----------------------------------------------------------------------------- batches
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding + random horizontal flip, on a whole uint8 batch [B, C, H, W]."""
+    b, c, h, w = x.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    xp = torch.nn.functional.pad(x, (padding,) * 4) if padding > 0 else x
+    off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
+    rows, cols = torch.arange(h)[:, None] * wp, torch.arange(w)[None, :]
+    grid = (rows + cols).view(1, -1)  # [1, H*W] flat offsets of the crop in the padded image
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        grid = torch.where(mask[:, None], (rows + cols.flip(-1)).view(1, -1), grid)
+    idx = (off[0] * wp + off[1])[:, None] + grid  # [B, H*W]
+    out = torch.gather(xp.reshape(b, c, hp * wp), 2, idx[:, None, :].expand(b, c, h * w))
+    return out.view(b, c, h, w)
+
+
+def _shard(n: int, rank: int, world: int, pad: bool, perm: torch.Tensor) -> torch.Tensor:
+    """This rank's indices of ``perm`` (as DistributedSampler: padded to a multiple of world when ``pad``)."""
+    if world == 1:
+        return perm
+    if pad and n % world:
+        perm = torch.cat([perm, perm[: world - n % world]])
+    return perm[rank::world]
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches; key = (epoch, batch index, index tensor)."""
+
+    def __init__(self, data: ArrayDataset, augment: bool, seed: int, rank: int):
+        self.data, self.augment, self.seed, self.rank = data, augment, seed, rank
+        self.mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+
+    def __getitem__(self, key):
+        epoch, b, idx = key
+        x = self.data.images[idx]
+        if self.augment:
+            g = torch.Generator().manual_seed(seed_for(self.seed, "augment", epoch, self.rank, b))
+            x = augment_batch(x, g, flip=self.data.flip)
+        return (x.float() - self.mean) / self.std, self.data.labels[idx]
+
+    def __len__(self):  # not used by the sampler-driven DataLoader
+        return len(self.data)
+
+
+class _Keys(torch.utils.data.Sampler):
+    def __init__(self, loader: "BatchLoader"):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader._keys())
+
+    def __len__(self):
+        return len(self.loader)
+
+
+class BatchLoader:
+    """Iterates over ``(x float [B, C, H, W] normalised, y int64 [B])`` batches of one rank.
+
+    shuffle: new permutation each epoch from seed_for(seed, 'order', epoch) (same on all ranks,
+    then sharded rank::world_size, padded like DistributedSampler when ``pad``). augment: crop+flip
+    drawn from seed_for(seed, 'augment', epoch, rank, batch). workers > 0 prepares batches in
+    persistent worker processes; 0 prepares them in the calling process. Call ``set_epoch``.
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int, shuffle: bool, augment: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, workers: int = 0, pad: bool = True, pin_memory: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is not allowed; allowed: >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not allowed; allowed: 0 <= rank < world_size={world_size}")
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.rank, self.world_size, self.pad, self.epoch = rank, world_size, pad, 0
+        self.batches = _Batches(data, augment, seed, rank)
+        self.workers = workers
+        self._loader = None
+        if workers > 0:
+            self._loader = torch.utils.data.DataLoader(
+                self.batches, batch_size=None, sampler=_Keys(self), num_workers=workers,
+                persistent_workers=True, pin_memory=pin_memory, prefetch_factor=2)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, in order."""
+        n = len(self.data)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(seed_for(self.seed, "order", self.epoch))
+            perm = torch.randperm(n, generator=g)
+        else:
+            perm = torch.arange(n)
+        return _shard(n, self.rank, self.world_size, self.pad, perm)
+
+    def _keys(self):
+        idx = self.indices()
+        return [(self.epoch, b, idx[s: s + self.batch_size])
+                for b, s in enumerate(range(0, len(idx), self.batch_size))]
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        per_rank = -(-n // self.world_size) if self.pad else len(range(self.rank, n, self.world_size))
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._loader is not None:
+            return iter(self._loader)
+        return (self.batches[k] for k in self._keys())

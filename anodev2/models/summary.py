@@ -1,0 +1,78 @@
+"""Inspection helpers: which blocks are ODE blocks, how they are set up, parameter counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..block import ODEBlock
+
+__all__ = ["ode_blocks", "describe", "format_description", "param_counts"]
+
+
+def _check_module(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+def ode_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(module path, ODEBlock)]`` in registration order (outermost blocks; none nested)."""
+    _check_module(model)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ODEBlock)]
+
+
+def describe(model: nn.Module) -> list[dict[str, Any]]:
+    """One dict per ODE block: ``{"name", "steps", "method", "grad", "checkpoints",
+    "evolution" (kind or None), "evolving" ({param name relative to f: shape tuple})}``.
+
+    ``evolving`` lists the weights that actually change in time (empty for "static")."""
+    out = []
+    for name, block in ode_blocks(model):
+        params = dict(block.f.named_parameters())
+        out.append({
+            "name": name,
+            "steps": block.steps,
+            "method": block.method,
+            "grad": block.grad,
+            "checkpoints": block.checkpoints,
+            "evolution": block.evolution_kind,
+            "evolving": {n: tuple(params[n].shape) for n in block.evolving_names},
+        })
+    return out
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: ``total`` (all), ``evolution`` (coefficients ``p`` of the weight
+    evolutions q), ``ode_f`` (parameters of the ODE blocks' functions f)."""
+    _check_module(model)
+    total = sum(p.numel() for p in model.parameters())
+    evolution = ode_f = 0
+    for _, block in ode_blocks(model):
+        ode_f += sum(p.numel() for p in block.f.parameters())
+        if block.evolution is not None:
+            evolution += sum(p.numel() for p in block.evolution.parameters())
+    return {"total": total, "evolution": evolution, "ode_f": ode_f}
+
+
+def _ckpt(c: Any) -> str:
+    return "all" if c is None else str(c)
+
+
+def format_description(model: nn.Module) -> str:
+    """Human-readable table of the ODE blocks and the parameter counts of ``model``."""
+    rows = describe(model)
+    counts = param_counts(model)
+    lines = [
+        f"{type(model).__name__}: {len(rows)} ODE block(s); parameters total={counts['total']:,} "
+        f"ode_f={counts['ode_f']:,} evolution={counts['evolution']:,}"
+    ]
+    if rows:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            evolving = ", ".join(f"{n}{list(s)}" for n, s in r["evolving"].items()) or "-"
+            lines.append(
+                f"  {r['name']:<{width}}  steps={r['steps']} method={r['method']} grad={r['grad']} "
+                f"checkpoints={_ckpt(r['checkpoints'])} evolution={r['evolution']} evolving: {evolving}"
+            )
+    return "\n".join(lines)
