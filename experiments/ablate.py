@@ -219,20 +219,23 @@ def plot_curves(grid: Grid, runs: list[Run], out: Path, path: Path) -> None:
 
     main = [r for r in runs if r.sweep == "main"]
     models = list(dict.fromkeys(r.model for r in main))
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5 * max(1, len(models)), 3.6), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        for v in VARIANTS:
-            curves = [read_metrics(out / r.name) for r in main if r.model == m and r.variant == v]
-            for i, hist in enumerate(c for c in curves if c):
-                xs = [h["epoch"] for h in hist if h.get("test_acc") is not None]
-                ys = [100 * h["test_acc"] for h in hist if h.get("test_acc") is not None]
-                ax.plot(xs, ys, color=f"C{VARIANTS.index(v)}", alpha=0.8, marker="o", ms=3,
-                        label=VARIANT_TITLES[v] if i == 0 else None)
-        ax.set_title(m)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    cols = max(1, len(models))
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 6.4), squeeze=False)
+    panels = (("train_loss", "train loss", 1.0), ("test_acc", "test accuracy (%)", 100.0))
+    for col, m in enumerate(models):
+        for row, (key, label, scale) in enumerate(panels):
+            ax = axes[row][col]
+            for v in VARIANTS:
+                hists = [h for h in (read_metrics(out / r.name) for r in main if r.model == m and r.variant == v) if h]
+                for i, hist in enumerate(hists):
+                    pts = [(h["epoch"], scale * h[key]) for h in hist if h.get(key) is not None]
+                    ax.plot(*zip(*pts), color=f"C{VARIANTS.index(v)}", alpha=0.8, marker="o", ms=3,
+                            label=VARIANT_TITLES[v] if i == 0 else None)
+            ax.set_title(f"{m}: {label} (one line per seed)", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -257,6 +260,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", help="data.root for every run (e.g. a folder with cifar10.npz)")
     p.add_argument("--models", nargs="*", help="restrict the grid to these models")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every run, after the grid's own (e.g. train.epochs=12)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once (each with OMP_NUM_THREADS = cores // jobs); default 1")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
@@ -267,6 +272,10 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     grid = grids(args.data_root)[args.grid]
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        p.error(f"--set takes KEY=VALUE pairs, got {bad}")
+    grid.common = (*grid.common, *args.set)
     runs = expand(grid, args.models)
     if not runs:
         p.error(f"--models {args.models} selects no model of grid {args.grid!r}; allowed: {list(grid.models)}")
