@@ -94,6 +94,9 @@ class ODEBlock(nn.Module):
         t0, t1: the block's time interval.
         time_input: override the detection of ``f(t, z)`` vs ``f(z)``.
         record_weights: keep θ(t_n) of the last forward for :meth:`weights_at`.
+        keep_forward: grad="checkpoint" only: keep the forward pass's step states for backward
+            instead of recomputing them (faster; holds them from forward to backward), see
+            :func:`anodev2.odeint`.
     Shapes: input ``[B, ...]`` -> output of the same shape.
     """
 
@@ -110,6 +113,7 @@ class ODEBlock(nn.Module):
         t1: float = 1.0,
         time_input: Optional[bool] = None,
         record_weights: bool = True,
+        keep_forward: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(f, nn.Module):
@@ -124,6 +128,8 @@ class ODEBlock(nn.Module):
             raise ValueError(f"checkpoints must be None or an int >= 0, got {checkpoints!r}")
         if checkpoints is not None and grad != "checkpoint":
             raise ValueError(f"checkpoints={checkpoints!r} only applies to grad='checkpoint', not {grad!r}")
+        if keep_forward and grad != "checkpoint":
+            raise ValueError(f"keep_forward=True only applies to grad='checkpoint', not {grad!r}")
         evo = self._make_evolution(f, evolution, evolution_targets)
         # f and the evolution are the block's own submodules (state-dict keys "f.*", "evolution.*",
         # as for a discrete residual block); the joint vector field refers to them without
@@ -134,6 +140,7 @@ class ODEBlock(nn.Module):
         self.steps, self.method, self.grad, self.checkpoints = steps, method, grad, checkpoints
         self.t0, self.t1 = float(t0), float(t1)
         self.record_weights = record_weights
+        self.keep_forward = bool(keep_forward)
         self.last_stats = SolveStats()
         self._trajectory: list[tuple[Tensor, ...]] = []
 
@@ -194,7 +201,7 @@ class ODEBlock(nn.Module):
             y0 = z
         out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad,
                      checkpoints=self.checkpoints, params=self._static_params(), stats=self.last_stats,
-                     callback=callback)
+                     callback=callback, keep_forward=self.keep_forward)
         return out[0] if names else out
 
     def weights_at(self) -> dict[str, list[Tensor]]:

@@ -96,6 +96,7 @@ def odeint(
     *,
     callback: Optional[StepCallback] = None,
     preserve_rng: bool = True,
+    keep_forward: bool = False,
 ) -> StateLike:
     """Solve ``dy/dt = func(t, y)`` from ``t0`` to ``t1`` with ``steps`` fixed explicit RK steps.
 
@@ -118,6 +119,11 @@ def odeint(
         stats: optional :class:`SolveStats`, reset and filled by this solve and its backward.
         callback: ``callback(n, y_n)`` sees the (tuple) state at every step time t_0..t_Nt.
         preserve_rng: re-draw the forward pass's random numbers in recomputed steps.
+        keep_forward: grad="checkpoint" only. Keep, from the forward pass, the states the
+            backward's first sweep would recompute (every state for ``checkpoints=None``, the
+            ``c`` revolve checkpoints otherwise) instead of only ``y0``: backward then skips
+            that sweep (about ``steps`` fewer step evaluations), and the same gradient, at the
+            price of holding those states from forward until backward.
     Returns:
         ``y(t1)`` with the structure of ``y0``.
     """
@@ -131,6 +137,8 @@ def odeint(
         raise ValueError(f"checkpoints must be None (keep every state) or an int >= 0, got {checkpoints!r}")
     if checkpoints is not None and grad != "checkpoint":
         raise ValueError(f"checkpoints={checkpoints!r} only applies to grad='checkpoint', not grad={grad!r}")
+    if keep_forward and grad != "checkpoint":
+        raise ValueError(f"keep_forward=True only applies to grad='checkpoint', not grad={grad!r}")
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}")
     t0, t1 = _as_float("t0", t0), _as_float("t1", t1)
@@ -142,7 +150,7 @@ def odeint(
     spec = SolveSpec(func=_tuple_func(func, is_tensor, state), tableau=tableau, t0=t0, t1=t1, steps=int(steps),
                      n_state=len(state), stats=stats, module=func if isinstance(func, nn.Module) else None,
                      checkpoints=None if checkpoints is None else int(checkpoints), preserve_rng=preserve_rng,
-                     callback=callback)
+                     keep_forward=bool(keep_forward), callback=callback)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*state, *params))
     if grad == "backprop" or not needs_grad:
         y1 = solve_backprop(spec, state)

@@ -168,3 +168,25 @@ def test_backsolve_gradient_is_wrong_for_relu_conv_network():
     exact = torch.cat([g.flatten() for g in out["backprop"]])
     assert rel_err(torch.cat([g.flatten() for g in out["checkpoint"]]), exact) < 1e-10
     assert rel_err(torch.cat([g.flatten() for g in out["backsolve"]]), exact) > 0.05
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_keep_forward_skips_the_first_sweep_with_the_same_gradient(method):
+    from anodev2.adjoint import first_sweep
+
+    for steps in (1, 2, 5, 12):
+        ref = _grads("backprop", method, steps)
+        for c in (None, 0, 1, 3):
+            f, y0, params = _problem()
+            st = SolveStats()
+            z1, w1 = anodev2.odeint(f, y0, steps=steps, method=method, grad="checkpoint", checkpoints=c,
+                                    params=params, stats=st, keep_forward=True)
+            got = torch.autograd.grad((z1 ** 2).sum() + (w1 * torch.cos(w1)).sum(), [*y0, *params])
+            for a, b in zip(got, ref):
+                assert rel_err(a, b) < 1e-10, (steps, c)
+            slots = slots_for(steps, c)
+            sweep = first_sweep(steps, slots)
+            assert st.recomputed_steps == binomial_cost(steps, slots) - (sweep[-1] if sweep else 0)
+            assert st.checkpoints_held <= slots
+    with pytest.raises(ValueError, match="keep_forward=True only applies to grad='checkpoint'"):
+        anodev2.odeint(f, y0, grad="backprop", params=params, keep_forward=True)

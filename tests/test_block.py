@@ -261,3 +261,15 @@ def test_state_dict_keys_and_device_moves_keep_the_field_consistent():
     import copy
     twin = copy.deepcopy(blk)
     assert twin.field.f is twin.f and twin.f is not blk.f
+
+
+def test_keep_forward_block_equals_backprop_with_batchnorm_and_dropout():
+    x = torch.randn(2, 4, 5, 5, dtype=D)
+    y_ref, g_ref = train_step(make_block(evolution="rda", steps=4, method="rk4", grad="backprop", dropout=0.3), x, 3)
+    blk = make_block(evolution="rda", steps=4, method="rk4", grad="checkpoint", dropout=0.3, keep_forward=True)
+    y, g = train_step(blk, x, 3)
+    assert torch.equal(y, y_ref)
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(g, g_ref))
+    assert blk.last_stats.recomputed_steps == 0  # every state came from the forward pass
+    with pytest.raises(ValueError, match="keep_forward=True only applies"):
+        ODEBlock(make_f(), grad="backprop", keep_forward=True)

@@ -86,3 +86,14 @@ def test_known_values_and_limits():
 def test_bad_arguments(n, c):
     with pytest.raises(ValueError, match="must be an int"):
         binomial_cost(n, c)
+
+
+def test_first_sweep_is_the_prefix_before_the_first_reversal():
+    from anodev2.adjoint.schedule import first_sweep
+
+    assert first_sweep(5, 4) == [1, 2, 3, 4]
+    assert first_sweep(1, 0) == []
+    for n in range(1, 40):
+        for c in range(0, 6):
+            sweep = first_sweep(n, c)
+            assert sweep == sorted(sweep) and (not sweep or sweep[-1] == n - 1)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..solvers import integrate
 from .recompute import RngLog, autocast_replay, frozen_norm_statistics
-from .schedule import Advance, Free, Reverse, revolve_schedule, slots_for
+from .schedule import Advance, Free, Reverse, first_sweep, revolve_schedule, slots_for
 from .spec import SolveSpec
 
 
@@ -28,26 +28,39 @@ class _CheckpointAdjoint(torch.autograd.Function):
     def forward(ctx, spec: SolveSpec, *inputs: Tensor) -> tuple[Tensor, ...]:
         y0 = inputs[: spec.n_state]
         rng = RngLog.for_tensors(y0) if spec.preserve_rng else None
+        keep = set(first_sweep(spec.steps, slots_for(spec.steps, spec.checkpoints))) if spec.keep_forward else set()
+        kept: dict[int, tuple[Tensor, ...]] = {}
+
+        def callback(n, y):
+            if n in keep:
+                kept[n] = y
+            if spec.callback is not None:
+                spec.callback(n, y)
+
         with torch.no_grad():
             y1 = integrate(spec.func, y0, spec.t0, spec.h, spec.steps, spec.tableau,
-                           callback=spec.callback, before_step=rng.record if rng else None)
+                           callback=callback, before_step=rng.record if rng else None)
         spec.stats.forward_evals += spec.steps * spec.tableau.stages
         ctx.spec, ctx.rng = spec, rng
         ctx.autocast = autocast_replay(y0[0].device.type)
-        ctx.save_for_backward(*inputs)
+        ctx.kept_index = sorted(kept)
+        ctx.save_for_backward(*inputs, *(t for n in ctx.kept_index for t in kept[n]))
         return y1
 
     @staticmethod
     def backward(ctx, *grad_y1: Tensor):
         spec: SolveSpec = ctx.spec
         rng: Optional[RngLog] = ctx.rng
-        inputs = ctx.saved_tensors
-        y0, params = inputs[: spec.n_state], inputs[spec.n_state:]
+        saved = ctx.saved_tensors
+        k, n_kept = spec.n_state, len(ctx.kept_index) * spec.n_state
+        inputs, flat = saved[: len(saved) - n_kept], saved[len(saved) - n_kept:]
+        kept = {n: tuple(flat[i * k:(i + 1) * k]) for i, n in enumerate(ctx.kept_index)}
+        y0, params = inputs[:k], inputs[k:]
         with rng.forked() if rng else contextlib.nullcontext(), frozen_norm_statistics(spec.module), ctx.autocast():
             if torch.is_grad_enabled():  # create_graph=True: differentiate the gradient itself
                 grads = _unrolled_vjp(spec, rng, y0, params, grad_y1)
             else:
-                grads = _reverse_sweep(spec, rng, y0, params, grad_y1)
+                grads = _reverse_sweep(spec, rng, y0, params, grad_y1, kept)
         return (None, *grads)
 
 
@@ -57,8 +70,9 @@ def _step(spec: SolveSpec, rng: Optional[RngLog], n: int, y):
     return spec.step(n, y)
 
 
-def _reverse_sweep(spec, rng, y0, params, grad_y1):
-    """The discrete adjoint, one vector–Jacobian product per step, states from the schedule."""
+def _reverse_sweep(spec, rng, y0, params, grad_y1, kept):
+    """The discrete adjoint, one vector–Jacobian product per step, states from the schedule
+    (those in ``kept``, from the forward pass, are not recomputed)."""
     stats, stages = spec.stats, spec.tableau.stages
     c = slots_for(spec.steps, spec.checkpoints)
     want = [p for p in params if p.requires_grad]
@@ -68,15 +82,18 @@ def _reverse_sweep(spec, rng, y0, params, grad_y1):
     stored: set[int] = set()  # indices occupying a checkpoint slot
     for action in revolve_schedule(spec.steps, c):
         if isinstance(action, Advance):
-            y = held[action.start]
-            with torch.no_grad():
-                for n in range(action.start, action.stop):
-                    y = _step(spec, rng, n, y)
-            held[action.stop] = y
-            k = action.stop - action.start
-            stats.recomputed_steps += k
-            stats.backward_steps += k
-            stats.backward_evals += k * stages
+            if action.stop in kept:  # computed by the forward pass: nothing to recompute
+                held[action.stop] = kept.pop(action.stop)
+            else:
+                y = held[action.start]
+                with torch.no_grad():
+                    for n in range(action.start, action.stop):
+                        y = _step(spec, rng, n, y)
+                held[action.stop] = y
+                k = action.stop - action.start
+                stats.recomputed_steps += k
+                stats.backward_steps += k
+                stats.backward_evals += k * stages
             if action.store:
                 stored.add(action.stop)
                 stats.checkpoints_held = max(stats.checkpoints_held, len(stored))

@@ -120,3 +120,15 @@ def revolve_schedule(n: int, c: int) -> list[Action]:
 
     rec(0, n, c)
     return actions
+
+
+def first_sweep(n: int, c: int) -> list[int]:
+    """States that the schedule computes before its first reversal (in order): the states a
+    forward pass can keep so that backward need not recompute them (``keep_forward``)."""
+    out = []
+    for action in revolve_schedule(n, c):
+        if isinstance(action, Reverse):
+            break
+        if isinstance(action, Advance):
+            out.append(action.stop)
+    return out

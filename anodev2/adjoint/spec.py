@@ -18,7 +18,8 @@ class SolveSpec:
     ``func`` takes and returns tuples of tensors (normalised by :func:`anodev2.odeint`);
     ``module`` is the ``nn.Module`` behind it, if any (its BatchNorm statistics are frozen
     during recomputation); ``n_state`` is the number of state tensors among the inputs of the
-    autograd Functions, the rest being parameters.
+    autograd Functions, the rest being parameters. ``keep_forward`` (checkpoint mode) keeps the
+    states of the schedule's first sweep from the forward pass instead of recomputing them.
     """
 
     func: VectorField
@@ -31,6 +32,7 @@ class SolveSpec:
     module: Optional[nn.Module] = None
     checkpoints: Optional[int] = None
     preserve_rng: bool = True
+    keep_forward: bool = False
     callback: Optional[StepCallback] = None
 
     @property
