@@ -40,7 +40,8 @@ ROWS = ("baseline", "neuralode", "ode-backprop", "anode", "anodev2", "anodev2-ba
 DEFAULT_ROWS = ROWS[:5]
 ALL_MODELS = ("resnet4", "resnet10", "resnet18", "alexnet", "sqnxt23")
 TARGETS = (("anode", "ode-backprop", 1.6), ("anodev2", "anode", 1.25))
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import _M_MMAP_THRESHOLD, _mallopt, peak_rss_mib as vm_hwm_mb  # noqa: E402  (shared with bench_adjoint)
 
 
 def row_build_args(row: str) -> tuple[str, dict]:
@@ -50,30 +51,6 @@ def row_build_args(row: str) -> tuple[str, dict]:
     if row == "anodev2-backprop":
         return "anodev2", {"grad": "backprop"}
     return row, {}
-
-
-def vm_hwm_mb() -> float:
-    """Peak resident set size of this process in MiB (/proc/self/status VmHWM, else getrusage)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _mallopt(param: int, value: int) -> bool:
-    """glibc ``mallopt``; False where unavailable (not glibc)."""
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
-    except (OSError, AttributeError):
-        return False
 
 
 class _Trainer:
