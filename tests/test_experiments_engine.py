@@ -107,7 +107,9 @@ def test_bench_adjoint_quick(load, tmp_path, capsys):
     if _have_torchdiffeq():
         assert int(rows["torchdiffeq odeint"]["f_calls_step"]) == 4 * nt
         assert int(rows["torchdiffeq odeint_adjoint"]["f_calls_step"]) == 8 * nt
-        assert float(rows["torchdiffeq odeint"]["mem_vs_tdq_odeint"]) == pytest.approx(1.0)
+        # in-process (quick) rows share one RSS high-water mark: the memory column may be 0 (ratio empty)
+        mem_ratio = rows["torchdiffeq odeint"]["mem_vs_tdq_odeint"]
+        assert mem_ratio == "" or float(mem_ratio) == pytest.approx(1.0)
         assert out.count("PASS") + out.count("MISS") == 10  # memory targets SKIP: rows ran in-process
         assert out.count("SKIP") == 2
 
