@@ -50,35 +50,10 @@ VARIANTS = (bc.Variant("backprop"), bc.Variant("checkpoint", None), bc.Variant("
 TARGET_STEPS = 16
 
 
-def parse_int_list(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} must be comma-separated ints, got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"{name} must be comma-separated ints >= 1, got {text!r}")
-    return vals
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", default="4,8,16", type=lambda s: parse_int_list(s, "--steps"),
-                   help="comma-separated numbers of ODE steps Nt (default 4,8,16)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--channels", type=int, default=16, help="channels C of z and f (default 16)")
-    p.add_argument("--size", type=int, default=32, help="spatial size H = W (default 32)")
-    p.add_argument("--repeats", type=int, default=5, help="timed training steps per row; median reported (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps before timing (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker (default 1)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="subprocesses run at once (default 1); more than 1 distorts the timings")
-    p.add_argument("--isolation", choices=("subprocess", "in-process"), default=None,
-                   help="subprocess: every row in a fresh python (default); in-process: all rows in this "
-                        "process, for smoke tests only (memory not measured; the --quick default)")
-    p.add_argument("--mmap-threshold", type=int, default=65536,
-                   help="glibc mmap threshold in bytes while memory is measured (0: allocator default)")
-    p.add_argument("--no-torchdiffeq", action="store_true", help="skip the torchdiffeq rows")
+    bc.add_measurement_args(p, steps="4,8,16", batch=32, size=32, repeats=5)
     p.add_argument("--profile", action="store_true",
                    help="also torch.profiler one step of every row at the target Nt (in this process); "
                         "writes profile_<row>.txt")
@@ -88,13 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.channels, args.size, args.repeats, args.warmup = [4], 2, 4, 8, 1, 0
-    if args.isolation is None:
-        args.isolation = "in-process" if args.quick else "subprocess"
-    for name in ("batch", "channels", "size", "repeats", "threads", "jobs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.mmap_threshold < 0:
-        p.error("--warmup and --mmap-threshold must be >= 0")
+    bc.check_measurement_args(p, args)
     return args
 
 

@@ -56,36 +56,12 @@ def parse_budgets(text: str) -> list[Optional[int]]:
     return out
 
 
-def parse_steps(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated ints >= 1, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated ints >= 1, got {text!r}")
-    return vals
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=parse_steps, default="2,4,8,16,32", help="Nt values (default 2,4,8,16,32)")
+    bc.add_measurement_args(p, steps="2,4,8,16,32", batch=16, size=16, repeats=3)
     p.add_argument("--budgets", type=parse_budgets, default="0,1,2,4,8,all",
                    help="checkpoint budgets c, ints or 'all' (default 0,1,2,4,8,all)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--channels", type=int, default=16, help="channels (default 16)")
-    p.add_argument("--size", type=int, default=16, help="spatial size H = W (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed training steps per row (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker (default 1)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="subprocesses run at once (default 1); more than 1 distorts the timings")
-    p.add_argument("--isolation", choices=("subprocess", "in-process"), default=None,
-                   help="subprocess: every row in a fresh python (default); in-process: all rows in this "
-                        "process, for smoke tests only (memory not measured; the --quick default)")
-    p.add_argument("--mmap-threshold", type=int, default=65536,
-                   help="glibc mmap threshold in bytes while memory is measured (0: allocator default)")
-    p.add_argument("--no-torchdiffeq", action="store_true", help="skip the torchdiffeq rows")
     p.add_argument("--no-plot", action="store_true", help="do not write memory_time.png")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                    help="time axis of the plot: process CPU time (default; independent of other load) or wall time")
@@ -96,13 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.steps, args.budgets = [3], [0, 1, None]
         args.batch, args.channels, args.size, args.repeats, args.warmup = 2, 4, 8, 1, 0
-    if args.isolation is None:
-        args.isolation = "in-process" if args.quick else "subprocess"
-    for name in ("batch", "channels", "size", "repeats", "threads", "jobs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.mmap_threshold < 0:
-        p.error("--warmup and --mmap-threshold must be >= 0")
+    bc.check_measurement_args(p, args)
     return args
 
 
