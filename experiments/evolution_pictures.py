@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from anodev2 import models  # noqa: E402
-from anodev2.checkpointing import load_checkpoint  # noqa: E402
-from anodev2.config import config_from_dict  # noqa: E402
-from anodev2.tb import collect_evolution, kernel_grid  # noqa: E402
+from anodev2.training.run_files import load_checkpoint  # noqa: E402
+from anodev2.training.config import config_from_dict  # noqa: E402
+from anodev2.training.tensorboard import collect_evolution, kernel_grid  # noqa: E402
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, object]:

@@ -9,8 +9,3 @@ torch.set_num_threads(2)
 def _seed():
     torch.manual_seed(0)
     yield
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / max(||b||, tiny)."""
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()

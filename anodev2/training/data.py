@@ -184,7 +184,7 @@ def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, Arra
         tried.append("download skipped (data.download=false)")
     how = ("run once with internet access (torchvision downloads it into data.root)"
            if download else "set data.download=true on a machine with internet access")
-    script = Path(__file__).resolve().parents[2] / "shared" / "data" / "make_cifar10_npz.py"
+    script = Path(__file__).resolve().parents[3] / "shared" / "data" / "make_cifar10_npz.py"
     script = script if script.is_file() else Path("../shared/data/make_cifar10_npz.py")
     extra = f", or build the arrays file offline: python {script} {root}" if name == "cifar10" else ""
     raise DataNotFoundError(f"{name} data not found. Looked at: {'; '.join(tried)}. To provide it: {how}{extra}, "

@@ -34,7 +34,7 @@ __all__ = [
     "config_from_dict", "config_to_dict", "dump_config", "describe_keys",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
 
 
@@ -325,14 +325,14 @@ def _check_consistency(cfg: Config) -> None:
 # ----------------------------------------------------------------------------- files
 
 def available_configs() -> list[str]:
-    """Names of the configs in experiments/configs (without .yaml)."""
+    """Names of the configs in anodev2/training/configs (without .yaml)."""
     if not CONFIG_DIR.is_dir():
         return []
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:
-    """Resolve a config: an existing path, else experiments/configs/NAME[.yaml]."""
+    """Resolve a config: an existing path, else anodev2/training/configs/NAME[.yaml]."""
     p = Path(name_or_path)
     candidates = [p]
     if not p.is_absolute():

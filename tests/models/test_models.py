@@ -312,7 +312,7 @@ def test_bench_workers_measure_training_steps():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_models.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "bench_models.py"
     spec = importlib.util.spec_from_file_location("bench_models", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=N train_coupled.py --config ...      (DistributedDataParallel)
 
 One run = one ``out_dir`` holding ``config.yaml`` (resolved config), ``metrics.jsonl``
-(one JSON record per epoch), TensorBoard event files (tags: :mod:`anodev2.tb`),
+(one JSON record per epoch), TensorBoard event files (tags: :mod:`anodev2.training.tensorboard`),
 ``last.pt`` (every epoch) and ``best.pt`` (best test accuracy). Checkpoints are written
 atomically and load with ``torch.load(..., weights_only=True)``; data order and
 augmentation depend only on (seed, epoch), so ``--resume`` continues bit-exactly on CPU.
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as distmod
-from .checkpointing import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .run_files import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, config_to_dict,
                      describe_keys, dump_config, load_config, load_raw, parse_overrides, _merge)
 from .data import ArrayDataset, BatchLoader, DataNotFoundError, load_datasets
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Train a coupled neural ODE network (ANODE / ANODEV2) on CIFAR-10/100 or MNIST.",
                 epilog=epilog)
     p.add_argument("--config", metavar="NAME_OR_PATH",
-                   help="config name in experiments/configs or a YAML path (default with --resume: RUN_DIR/config.yaml)")
+                   help="config name in anodev2/training/configs or a YAML path (default with --resume: RUN_DIR/config.yaml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from RUN_DIR/last.pt")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
@@ -198,7 +198,7 @@ class Trainer:
 
     # -- setup -----------------------------------------------------------------------
     def _build_model(self, in_channels: int, num_classes: int) -> torch.nn.Module:
-        from . import models
+        from .. import models
         m = self.cfg.model
         try:
             return models.build(m.name, m.variant, num_classes=num_classes, in_channels=in_channels,
@@ -284,7 +284,7 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dump_config(cfg), self.out / "config.yaml")
-            from .models import format_description
+            from ..models import format_description
             description = format_description(model)
             atomic_write_text(description + "\n", self.out / "model.txt")
             atomic_write_text("".join(json.dumps(h) + "\n" for h in history), self.out / "metrics.jsonl")
@@ -396,7 +396,8 @@ class Trainer:
             if not rec["ranks_in_sync"]:
                 raise RuntimeError(f"DistributedDataParallel ranks hold different parameters after epoch {epoch + 1}")
         if writer is not None:
-            from . import models, tb
+            from .. import models
+            from . import tensorboard as tb
             tb.log_scalars(writer, rec, epoch + 1)
             every = cfg.log.evolution_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):

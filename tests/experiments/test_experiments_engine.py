@@ -14,7 +14,7 @@ import pytest
 
 from anodev2.adjoint import binomial_cost, slots_for
 
-EXP = Path(__file__).resolve().parents[1] / "experiments"
+EXP = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from anodev2 import models, tb
-from anodev2.checkpointing import atomic_save, load_checkpoint, rng_state, set_rng_state
+from anodev2 import models
+from anodev2.training import tensorboard as tb
+from anodev2.training.run_files import atomic_save, load_checkpoint, rng_state, set_rng_state
 
 
 def test_atomic_save_replaces_whole_file_and_cleans_up(tmp_path):

@@ -7,7 +7,7 @@ from torch import nn
 import anodev2
 from anodev2 import ODEBlock
 from anodev2.evolution import EVOLUTION_KINDS, build_evolution
-from conftest import rel_err
+from helpers import rel_err
 
 D = torch.float64
 

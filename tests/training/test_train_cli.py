@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from anodev2 import models, tb
-from anodev2.config import load_config
-from anodev2.train import main
+from anodev2 import models
+from anodev2.training import tensorboard as tb
+from anodev2.training.config import load_config
+from anodev2.training.trainer import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 TINY = ["--config", "smoke", "data.name=synthetic", "data.subset_train=64", "data.subset_test=32",
         "model.width=0.25", "train.batch_size=16", "log.evolution_batch=2", "model.steps=3"]
@@ -203,7 +204,7 @@ def test_help_lists_options_config_dir_and_configs(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for w in ("--config", "--resume", "experiments/configs", "aconnect", "smoke", "train.epochs", "torchrun"):
+    for w in ("--config", "--resume", "training/configs", "aconnect", "smoke", "train.epochs", "torchrun"):
         assert w in out, w
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from anodev2.data import (NORMALIZATION, ArrayDataset, BatchLoader, DataNotFoundError, augment_batch,
+from anodev2.training.data import (NORMALIZATION, ArrayDataset, BatchLoader, DataNotFoundError, augment_batch,
                           default_root, load_datasets)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _small(n=40, seed=0):

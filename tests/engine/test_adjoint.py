@@ -7,7 +7,7 @@ from torch import nn
 import anodev2
 from anodev2 import SolveStats
 from anodev2.adjoint import binomial_cost, slots_for
-from conftest import rel_err
+from helpers import rel_err
 
 METHODS = ["euler", "midpoint", "heun", "rk4"]
 D = torch.float64
