@@ -132,7 +132,10 @@ class OptimConfig:
     lr: float = _opt(0.1, "base learning rate", min=0.0, min_open=True)
     momentum: float = _opt(0.9, "SGD momentum", min=0.0, max=1.0, max_open=True)
     nesterov: bool = _opt(False, "SGD Nesterov momentum")
-    weight_decay: float = _opt(5e-4, "L2 weight decay", min=0.0)
+    weight_decay: float = _opt(5e-4, "L2 weight decay of the network parameters", min=0.0)
+    evolution_lr_mult: float = _opt(1.0, "lr multiplier of the weight-evolution coefficients (their own param group)",
+                                    min=0.0, min_open=True)
+    evolution_weight_decay: float = _opt(0.0, "L2 weight decay of the weight-evolution coefficients", min=0.0)
     schedule: str = _opt("multistep", "learning-rate schedule (per epoch)", choices=("multistep", "cosine"))
     milestones: list[int] = _opt([150, 250], "multistep: epochs at which lr is multiplied by gamma", min=1)
     gamma: float = _opt(0.1, "multistep: lr factor at each milestone", min=0.0, max=1.0, min_open=True)

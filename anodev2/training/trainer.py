@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -33,8 +32,9 @@ from .run_files import atomic_save, atomic_write_text, load_checkpoint, rng_stat
 from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, config_to_dict,
                      describe_keys, dump_config, load_config, load_raw, parse_overrides, _merge)
 from .data import ArrayDataset, BatchLoader, DataNotFoundError, load_datasets
+from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 
-__all__ = ["main", "Trainer", "NonFiniteLossError", "UsageError", "lr_at", "build_parser"]
+__all__ = ["main", "Trainer", "NonFiniteLossError", "UsageError", "build_parser"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,31 +45,6 @@ class UsageError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; exit status 1."""
-
-
-# ----------------------------------------------------------------------------- schedule
-
-def lr_at(optim_cfg, epoch: int, epochs: int) -> float:
-    """Learning rate of 0-based ``epoch``: linear warm-up, then multistep or cosine (per epoch).
-
-    multistep: lr * gamma ** #(milestones <= epoch)  (as torch MultiStepLR);
-    cosine: lr * (1 + cos(pi * (epoch - warmup) / (epochs - warmup))) / 2;
-    warm-up: lr * (epoch + 1) / (warmup_epochs + 1) for epoch < warmup_epochs.
-    """
-    base, w = optim_cfg.lr, optim_cfg.warmup_epochs
-    if epoch < w:
-        return base * (epoch + 1) / (w + 1)
-    if optim_cfg.schedule == "multistep":
-        return base * optim_cfg.gamma ** sum(epoch >= m for m in optim_cfg.milestones)
-    span = max(1, epochs - w)
-    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / span))
-
-
-def build_optimizer(optim_cfg, params) -> torch.optim.Optimizer:
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov, weight_decay=optim_cfg.weight_decay)
-    return torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -249,7 +224,7 @@ class Trainer:
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-        opt = build_optimizer(cfg.optim, model.parameters())
+        opt = build_optimizer(cfg.optim, model)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp)
 
         start, history, best, steps_total = 0, [], -1.0, 0
@@ -265,8 +240,7 @@ class Trainer:
             try:
                 model.load_state_dict(ck["model"])
                 opt.load_state_dict(ck["optimizer"])
-                for g in opt.param_groups:  # the config's hyperparameters win over the checkpoint's
-                    g.update({k: v for k, v in opt.defaults.items() if k != "lr"})
+                apply_group_settings(opt, cfg.optim)  # the config's hyperparameters win over the checkpoint's
             except (RuntimeError, ValueError, KeyError) as e:
                 raise UsageError(f"--resume {self.out}: the checkpoint does not match this config's model/optim "
                                  f"({' '.join(str(e).split())[:200]})") from None
@@ -339,8 +313,7 @@ class Trainer:
                steps_total, best) -> dict:
         cfg, dev, info = self.cfg, self.device, self.dist
         lr = lr_at(cfg.optim, epoch, cfg.train.epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         train_loader.set_epoch(epoch)
         net.train()
         t0 = time.perf_counter()

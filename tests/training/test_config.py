@@ -7,7 +7,7 @@ import pytest
 from anodev2 import models
 from anodev2.training.config import (CONFIG_DIR, ConfigError, available_configs, config_from_dict, config_to_dict,
                             dump_config, find_config, load_config, parse_overrides)
-from anodev2.training.trainer import lr_at
+from anodev2.training.optim import lr_at
 
 SHIPPED = ["aconnect", "baseline", "neuralode", "anode", "smoke", "mnist_smoke"]
 
