@@ -31,7 +31,7 @@ import yaml
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "LogConfig", "Config",
     "CONFIG_DIR", "available_configs", "find_config", "load_config", "parse_overrides",
-    "config_from_dict", "config_to_dict", "dump_config", "describe_keys",
+    "config_from_dict", "config_to_dict", "dump_config", "describe_keys", "merge_raw", "yaml_text",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -149,6 +149,8 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, subsets, data order and augmentation", min=0)
     device: str = _opt("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
     eval_every: int = _opt(1, "evaluate on the test set every this many epochs (and after the last)", min=1)
+    micro_batches: int = _opt(1, "split each batch into this many interleaved micro-batches (x[i::n]) whose "
+                                 "gradients are accumulated: less memory, same step (as DDP's ranks)", min=1)
     amp: bool = _opt(False, "CUDA mixed precision (float16 autocast + GradScaler)")
 
 
@@ -158,7 +160,9 @@ class LogConfig:
     evolution_every: int = _opt(1, "log weight-evolution views every this many epochs; 0 = never", min=0)
     evolution_batch: int = _opt(8, "images in the fixed batch that populates weights_at()", min=1)
     max_kernels: int = _opt(16, "kernels shown per weight in the kernel image grids", min=1)
-    progress: bool = _opt(True, "tqdm progress bar (only on a terminal, rank 0)")
+    progress: bool = _opt(True, "progress of training and evaluation (rank 0): tqdm on a terminal, else plain lines")
+    progress_interval: float = _opt(30.0, "seconds between plain progress lines (also one every 10 % of a pass)",
+                                    min=0.0, min_open=True)
 
 
 @dataclass(frozen=True)
@@ -220,10 +224,20 @@ def _choices(choices) -> tuple:
     return tuple(choices() if callable(choices) else choices)
 
 
+def yaml_text(value) -> str:
+    """``value`` as a user writes it: YAML spelling (true, null, [1, 2]); strings quoted as 'text'."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    except yaml.YAMLError:
+        return repr(value)
+
+
 def _coerce(key: str, value, tp, meta):
     """Return ``value`` converted to type ``tp`` or raise ConfigError."""
     def bad(extra: str = ""):
-        return ConfigError(f"{key}={value!r} is not allowed{extra}; allowed: {_describe_allowed(tp, meta)}")
+        return ConfigError(f"{key}={yaml_text(value)} is not allowed{extra}; allowed: {_describe_allowed(tp, meta)}")
 
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -283,7 +297,7 @@ def _build_section(cls, raw, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix} must be a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{prefix} must be a mapping of keys, got {yaml_text(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -319,7 +333,8 @@ def _check_consistency(cfg: Config) -> None:
     if o.name == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
     if list(o.milestones) != sorted(set(o.milestones)):
-        raise ConfigError(f"optim.milestones={list(o.milestones)!r} is not allowed; allowed: strictly increasing epochs")
+        raise ConfigError(f"optim.milestones={yaml_text(list(o.milestones))} is not allowed; "
+                          f"allowed: strictly increasing epochs")
     if o.warmup_epochs >= cfg.train.epochs and o.warmup_epochs > 0 and o.schedule == "cosine":
         raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} is not allowed with schedule cosine; "
                           f"allowed: < train.epochs ({cfg.train.epochs})")
@@ -348,27 +363,43 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
                       f"available configs: {avail}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a mapping with the same key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1}); "
+                                f"allowed: each key once per mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
         raise ConfigError(f"cannot parse {path}: {msg}") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path} is an empty config; allowed: a mapping of sections (data, model, optim, "
+                          f"train, log, out_dir) or 'base: NAME' to start from another config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
-def _merge(base: dict, top: Mapping) -> dict:
+def merge_raw(base: dict, top: Mapping) -> dict:
     out = dict(base)
     for k, v in top.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "options":
-            out[k] = _merge(out[k], v)
+            out[k] = merge_raw(out[k], v)
         else:
             out[k] = v
     return out
@@ -384,10 +415,10 @@ def load_raw(name_or_path: str | os.PathLike, _seen: tuple = ()) -> dict:
     if base is None:
         return raw
     if not isinstance(base, str):
-        raise ConfigError(f"base={base!r} in {path} is not allowed; allowed: a config name or path")
+        raise ConfigError(f"base={yaml_text(base)} in {path} is not allowed; allowed: a config name or path")
     if not Path(base).is_absolute() and (path.parent / base).is_file():
         base = str(path.parent / base)
-    return _merge(load_raw(base, _seen + (path,)), raw)
+    return merge_raw(load_raw(base, _seen + (path,)), raw)
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
@@ -427,7 +458,7 @@ def _check_override_key(key: str) -> None:
 
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = (), name: str | None = None) -> Config:
     """Read, merge (``base:``), override and validate a config. Raises ConfigError."""
-    raw = _merge(load_raw(name_or_path), parse_overrides(overrides))
+    raw = merge_raw(load_raw(name_or_path), parse_overrides(overrides))
     return config_from_dict(raw, name=name or find_config(name_or_path).stem)
 
 

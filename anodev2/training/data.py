@@ -10,16 +10,21 @@ without worker processes.
 Where CIFAR comes from, in this order (``root`` = ``data.root``, default
 ``$ANODEV2_DATA`` or ``./data``):
 
-1. ``root/cifar10.npz`` (``cifar100.npz``, ``mnist.npz``) with keys ``x_train`` uint8
-   [N, H, W, C] or [N, H, W], ``y_train``, ``x_test``, ``y_test``, as written by
-   ``shared/data/make_cifar10_npz.py``;
+1. an arrays file: ``root`` itself when it names a ``.npz`` file, else ``root/cifar10.npz``
+   (``cifar100.npz``, ``mnist.npz``), with keys ``x_train`` uint8 [N, H, W, C] or [N, H, W],
+   ``y_train``, ``x_test``, ``y_test`` (e.g. written by a ``make_cifar10_npz.py`` script
+   from a CIFAR-10 PNG copy);
 2. torchvision's layout in ``root`` (``download=False``);
-3. a torchvision download into ``root`` (when ``data.download``; network errors are caught);
+3. a torchvision download into ``root`` (when ``data.download``; network errors are caught and
+   the directories a failed download created are removed again);
 4. otherwise :class:`DataNotFoundError` saying where it looked and how to provide the data.
+
+An unreadable, truncated, corrupt or wrongly shaped arrays file raises :class:`DataError`.
 """
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -27,7 +32,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["ArrayDataset", "DataNotFoundError", "BatchLoader", "load_datasets", "default_root",
+__all__ = ["ArrayDataset", "DataError", "DataNotFoundError", "BatchLoader", "load_datasets", "default_root",
            "augment_batch", "seed_for", "NORMALIZATION"]
 
 #: per-channel (mean, std) in [0, 1] units; CIFAR-10 values as in the ANODE code.
@@ -41,7 +46,11 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "synthetic": 10}
 SYNTHETIC_SIZES = (1024, 256)  # train, test images of the synthetic set
 
 
-class DataNotFoundError(RuntimeError):
+class DataError(ValueError):
+    """Data that cannot be used (unreadable or malformed arrays file); the message names the file and the fix."""
+
+
+class DataNotFoundError(DataError):
     """The data set is neither in ``root`` nor downloadable; the message says how to provide it."""
 
 
@@ -108,14 +117,60 @@ def _from_arrays(x: np.ndarray, y: np.ndarray, name: str, source: str) -> ArrayD
                         NUM_CLASSES[name], mean, std, flip=name != "mnist", source=source)
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _check_split(x: np.ndarray, y: np.ndarray, name: str, split: str) -> None:
+    channels = 1 if name == "mnist" else 3
+    shapes = "[N, H, W]" if channels == 1 else f"[N, H, W, {channels}] or [N, {channels}, H, W]"
+    ok_x = (x.dtype == np.uint8 and (x.ndim == 3 and channels == 1 or
+                                     x.ndim == 4 and channels in (x.shape[1], x.shape[3])))
+    if not ok_x:
+        raise DataError(f"x_{split} has dtype {x.dtype} and shape {list(x.shape)}; allowed for {name}: uint8 {shapes}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"y_{split} has dtype {y.dtype} and shape {list(y.shape)}; allowed: integer [{x.shape[0]}]")
+    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES[name]):
+        raise DataError(f"y_{split} holds labels {int(y.min())}..{int(y.max())}; allowed: 0..{NUM_CLASSES[name] - 1}")
+
+
 def _load_npz(path: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
-        if missing:
-            raise DataNotFoundError(f"{path} lacks the arrays {sorted(missing)}; "
-                                    f"expected x_train, y_train, x_test, y_test")
-        return (_from_arrays(z["x_train"], z["y_train"], name, str(path)),
-                _from_arrays(z["x_test"], z["y_test"], name, str(path)))
+    """The (train, test) sets of an arrays file; DataError (naming the file) when it cannot be used."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = set(NPZ_KEYS) - set(z.files)
+            if missing:
+                raise DataError(f"lacks the arrays {sorted(missing)}; allowed: keys {', '.join(NPZ_KEYS)}")
+            arrays = {k: z[k] for k in NPZ_KEYS}
+        for split in ("train", "test"):
+            _check_split(arrays[f"x_{split}"], arrays[f"y_{split}"], name, split)
+    except DataError as e:
+        raise DataError(f"{path}: {e}; rebuild the file or point data.root elsewhere") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, CRC error, not an npz
+        raise DataError(f"{path} is not a readable arrays file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]}); rebuild it or point data.root elsewhere") from None
+    return (_from_arrays(arrays["x_train"], arrays["y_train"], name, str(path)),
+            _from_arrays(arrays["x_test"], arrays["y_test"], name, str(path)))
+
+
+def _missing_ancestor(path: Path) -> Optional[Path]:
+    """The highest directory on the way to ``path`` (itself included) that does not exist yet, or None."""
+    top = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+def _remove_new_empty_dirs(root: Path, before: set[Path], top: Optional[Path]) -> None:
+    """Remove empty directories below ``top`` (or ``root``) that were not in ``before``: what a failed download made."""
+    start = top or root
+    if not start.is_dir():
+        return
+    for dirpath, _, _ in sorted(os.walk(start), key=lambda w: -len(Path(w[0]).parts)):
+        d = Path(dirpath)
+        if d not in before and not any(d.iterdir()):
+            d.rmdir()
 
 
 def _torchvision_class(name: str):
@@ -167,6 +222,11 @@ def load_datasets(name: str, root: Optional[str] = None, download: bool = True,
 
 
 def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    if root.endswith(".npz"):
+        if not Path(root).is_file():
+            raise DataNotFoundError(f"data.root={root} names an arrays file that does not exist; "
+                                    f"allowed: an existing .npz file or a data directory")
+        return _load_npz(Path(root), name)
     npz = Path(root) / f"{name}.npz"
     if npz.is_file():
         return _load_npz(npz, name)
@@ -176,17 +236,20 @@ def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, Arra
     except (RuntimeError, OSError) as e:
         tried.append(f"torchvision layout in {root} ({' '.join(str(e).split())[:120]})")
     if download:
+        top = _missing_ancestor(Path(root))
+        before = {Path(d) for d, _, _ in os.walk(root)}
         try:
             return _load_torchvision(name, root, download=True)
         except Exception as e:  # URLError, HTTPError, timeouts, checksum errors: all mean "no data"
+            _remove_new_empty_dirs(Path(root), before, top)
             tried.append(f"torchvision download into {root} ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     else:
         tried.append("download skipped (data.download=false)")
     how = ("run once with internet access (torchvision downloads it into data.root)"
            if download else "set data.download=true on a machine with internet access")
-    script = Path(__file__).resolve().parents[3] / "shared" / "data" / "make_cifar10_npz.py"
-    script = script if script.is_file() else Path("../shared/data/make_cifar10_npz.py")
-    extra = f", or build the arrays file offline: python {script} {root}" if name == "cifar10" else ""
+    extra = (f", or build the arrays file offline from a CIFAR-10 PNG copy (its make_cifar10_npz.py script: "
+             f"python make_cifar10_npz.py {root}) and pass data.root=DIR or data.root=FILE.npz"
+             if name == "cifar10" else "")
     raise DataNotFoundError(f"{name} data not found. Looked at: {'; '.join(tried)}. To provide it: {how}{extra}, "
                             f"or put torchvision's {name} layout in {root} (data.root=DIR or $ANODEV2_DATA)")
 

@@ -1,22 +1,51 @@
-"""Atomic, ``weights_only``-loadable training checkpoints and RNG state capture.
+"""The files of a run directory: atomic checksummed checkpoints, the run lock, RNG state capture.
 
 A checkpoint holds only tensors, dicts, lists, numbers, strings and None, so
 ``torch.load(path, weights_only=True)`` reads it. Files are written to a
-temporary file in the same directory, fsync'ed, then ``os.replace``'d over the
-target: a killed process leaves either the old or the new file, never a broken one.
+temporary file ``.NAME.*.tmp`` in the same directory, fsync'ed, then ``os.replace``'d
+over the target: a killed process leaves either the old or the new file, never a broken
+one. Each checkpoint ``X.pt`` has a sidecar ``X.pt.sha256`` (SHA-256 of its bytes, written
+atomically right after it) that :func:`load_checkpoint` verifies, so flipped bytes inside
+tensor data (which ``weights_only`` loading does not notice) are caught.
+
+:class:`RunLock` holds an exclusive ``fcntl.flock`` on ``RUN_DIR/run.lock`` (holding the
+PID) for the life of a run; the kernel drops it when the process dies, so a stale lock file
+left by a killed run never blocks a resume.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import io
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write_text"]
+__all__ = ["atomic_save", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write_text",
+           "CheckpointError", "RunLock", "RunLockedError", "checksum_path", "remove_stale_temporaries",
+           "LOCK_NAME"]
+
+LOCK_NAME = "run.lock"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted (unreadable, truncated, not a dict, checksum mismatch)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock; ``pid`` is its process id (or None)."""
+
+    def __init__(self, run_dir: Path, pid: Optional[int]):
+        self.pid = pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{run_dir} is in use by {who} (lock {Path(run_dir) / LOCK_NAME}); "
+                         f"wait for it to finish or stop it, or choose another out_dir=DIR")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,9 +87,18 @@ def _atomic(path: os.PathLike, write) -> None:
     _fsync_dir(path.parent)
 
 
+def checksum_path(path: os.PathLike) -> Path:
+    """The SHA-256 sidecar of checkpoint ``path``: ``path`` + ``.sha256``."""
+    return Path(f"{path}.sha256")
+
+
 def atomic_save(obj: Any, path: os.PathLike) -> None:
-    """``torch.save(obj, path)`` atomically (temp file in the same dir + fsync + os.replace)."""
-    _atomic(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj, path)`` atomically, then its SHA-256 sidecar (each via temp file + fsync + os.replace)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    _atomic(path, lambda f: f.write(data))
+    atomic_write_text(f"{hashlib.sha256(data).hexdigest()}  {Path(path).name}\n", checksum_path(path))
 
 
 def atomic_write_text(text: str, path: os.PathLike) -> None:
@@ -68,9 +106,98 @@ def atomic_write_text(text: str, path: os.PathLike) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
-def load_checkpoint(path: os.PathLike, map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)``."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _verify_checksum(path: Path, data: bytes) -> None:
+    side = checksum_path(path)
+    try:
+        expected = side.read_text().split()[0]
+    except (OSError, IndexError) as e:
+        why = e.strerror if isinstance(e, OSError) else "empty file"
+        raise CheckpointError(f"{path}: cannot read its checksum file {side} ({why})") from None
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path} does not match its SHA-256 in {side} (the file is corrupt)")
+
+
+def load_checkpoint(path: os.PathLike, map_location="cpu", verify: bool = True) -> dict:
+    """Verify ``path`` against its SHA-256 sidecar (when ``verify``) and ``torch.load(..., weights_only=True)`` it.
+
+    Raises :class:`CheckpointError` (one-line message) for a missing, unreadable, truncated,
+    corrupt or non-dict checkpoint.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    if not data:
+        raise CheckpointError(f"{path} is empty")
+    if verify:
+        _verify_checksum(path, data)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, unsupported type: all mean "not a usable checkpoint"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:160]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def remove_stale_temporaries(run_dir: os.PathLike) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files that killed writers left in ``run_dir``; call only while holding its lock."""
+    removed = []
+    for p in Path(run_dir).glob(".*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class RunLock:
+    """Exclusive lock on a run directory for the life of a run (context manager).
+
+    ``acquire()`` creates ``run_dir/run.lock``, takes a non-blocking ``fcntl.flock`` and writes
+    this PID into it; raises :class:`RunLockedError` naming the holder's PID when another live
+    process has it. The kernel releases the lock when its holder dies (even by SIGKILL).
+    """
+
+    def __init__(self, run_dir: os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLockedError(self.run_dir, self._holder()) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _holder(self) -> Optional[int]:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock; the file stays (harmless)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def rng_state() -> dict:

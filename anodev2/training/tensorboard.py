@@ -111,7 +111,8 @@ def log_evolution(writer, model: torch.nn.Module, blocks: Sequence[tuple[str, to
             norm0 = t0.norm()
             for n, th in enumerate(thetas):
                 th = th.detach().float()
-                writer.add_histogram(f"{base}/hist/t{n}", th.cpu(), step)
+                if bool(torch.isfinite(th).all()):  # TensorBoard cannot bin NaN/inf ("histogram is empty")
+                    writer.add_histogram(f"{base}/hist/t{n}", th.cpu(), step)
                 diff = (th - t0).norm()
                 rel = diff / norm0 if norm0 > 0 else diff
                 writer.add_scalar(f"{base}/rel_change/t{n}", float(rel), step)
@@ -124,7 +125,7 @@ def log_evolution(writer, model: torch.nn.Module, blocks: Sequence[tuple[str, to
             writer.add_scalar(f"{base}/mean", float(value.mean()), step)
             writer.add_scalar(f"{base}/min", float(value.min()), step)
             writer.add_scalar(f"{base}/max", float(value.max()), step)
-            if value.numel() > 1:
+            if value.numel() > 1 and bool(torch.isfinite(value).all()):
                 writer.add_histogram(f"{base}/hist", value, step)
     return found
 

@@ -1,130 +1,91 @@
-"""The training application behind ``train_coupled.py``.
+"""One training run: set-up, the epoch loop and its pieces (as timm's train.py splits them).
 
-    python train_coupled.py --config NAME_OR_PATH [key=value ...] [--resume RUN_DIR]
-    torchrun --nproc_per_node=N train_coupled.py --config ...      (DistributedDataParallel)
+:func:`fit` runs a validated :class:`~anodev2.training.config.Config`; the pieces are
 
-One run = one ``out_dir`` holding ``config.yaml`` (resolved config), ``metrics.jsonl``
-(one JSON record per epoch), TensorBoard event files (tags: :mod:`anodev2.training.tensorboard`),
-``last.pt`` (every epoch) and ``best.pt`` (best test accuracy). Checkpoints are written
-atomically and load with ``torch.load(..., weights_only=True)``; data order and
-augmentation depend only on (seed, epoch), so ``--resume`` continues bit-exactly on CPU.
+    setup_run        device, process group, run directory (lock, stale temporaries), model, optimiser, loaders
+    restore          RunState (and model/optimiser/RNG state) from a verified last.pt
+    train_one_epoch  one pass over the training set (micro-batches, divergence check per step)
+    evaluate         test loss / accuracy (summed over ranks)
+    check_finite     the divergence guard run before every checkpoint
+    save_checkpoint  last.pt (+ best.pt) with SHA-256 sidecars
+    log_epoch        metrics.jsonl, TensorBoard, the summary line
 
-Exit status: 0 done; 1 non-finite loss (last good checkpoint kept); 2 bad input (config,
-overrides, data location, resume directory): one ``error: ...`` line on stderr, no traceback.
+One run = one ``out_dir`` holding ``config.yaml`` (resolved config, absolute data root),
+``metrics.jsonl`` (one strict-JSON record per epoch), TensorBoard event files, ``last.pt``
+(every epoch), ``best.pt`` (best test accuracy), their ``.sha256`` sidecars and ``run.lock``.
+Data order and augmentation depend only on (seed, epoch), so a resumed run continues
+bit-exactly on CPU.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import math
 import os
 import random
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import distributed as distmod
-from .run_files import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, config_to_dict,
-                     describe_keys, dump_config, load_config, load_raw, parse_overrides, _merge)
-from .data import ArrayDataset, BatchLoader, DataNotFoundError, load_datasets
+from .config import Config, ConfigError, config_to_dict, dump_config
+from .data import ArrayDataset, BatchLoader, default_root, load_datasets
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
+from .progress import Progress
+from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, load_checkpoint,
+                        remove_stale_temporaries, rng_state, set_rng_state)
 
-__all__ = ["main", "Trainer", "NonFiniteLossError", "UsageError", "build_parser"]
+__all__ = ["RunState", "Run", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit", "setup_run", "restore",
+           "train_one_epoch", "evaluate", "check_finite", "save_checkpoint", "log_epoch", "json_record"]
 
-CHECKPOINT_FORMAT = 1
+#: version of the checkpoint dict; 2 = SHA-256 sidecars, no "scheduler"/"data" entries
+CHECKPOINT_FORMAT = 2
 
 
 class UsageError(ValueError):
-    """Bad command-line use (e.g. a resume directory without a checkpoint); exit status 2."""
+    """Bad use of the command line or run directory (exit status 2)."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; exit status 1."""
+class NonFiniteError(RuntimeError):
+    """Training diverged: a non-finite loss, parameter or test loss (exit status 1; last.pt is the last good model)."""
 
 
-# ----------------------------------------------------------------------------- command line
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump; exit 2 like every bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    configs = ", ".join(available_configs()) or "(none found)"
-    try:
-        keys = describe_keys()
-    except Exception as e:  # the library does not import: still give help
-        keys = f"  (cannot list keys: {e})"
-    epilog = (f"configs: a path to a YAML file, or a name in {CONFIG_DIR} (with or without .yaml).\n"
-              f"available configs: {configs}\n\n"
-              f"overrides: dotted KEY=VALUE pairs, VALUE parsed as YAML, e.g.\n"
-              f"  train.epochs=1 data.subset_train=512 model.variant=anode optim.milestones=[100,150]\n\n"
-              f"config keys (default  [allowed]  meaning):\n{keys}\n\n"
-              "multi-process: torchrun --nproc_per_node=N train_coupled.py --config ... (gloo on CPU, NCCL on CUDA)\n"
-              "exit status: 0 done, 1 non-finite loss, 2 bad input")
-    p = _Parser(prog="train_coupled.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Train a coupled neural ODE network (ANODE / ANODEV2) on CIFAR-10/100 or MNIST.",
-                epilog=epilog)
-    p.add_argument("--config", metavar="NAME_OR_PATH",
-                   help="config name in anodev2/training/configs or a YAML path (default with --resume: RUN_DIR/config.yaml)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from RUN_DIR/last.pt")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
-    return p
+@dataclass
+class RunState:
+    """What changes from epoch to epoch and is restored on ``--resume``."""
+    epoch: int = 0                       # completed epochs (= last.pt's epoch)
+    optimizer_steps: int = 0             # optimiser steps taken so far
+    best_test_acc: Optional[float] = None
+    history: list[dict] = field(default_factory=list)  # one record per completed epoch
 
 
-def resolve_config(config: Optional[str], overrides: Sequence[str], resume: Optional[str]) -> Config:
-    """The validated config of a command line. With ``resume``, out_dir is RUN_DIR and the base
-    config defaults to RUN_DIR/config.yaml."""
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "last.pt").is_file():
-            raise UsageError(f"--resume {resume}: no checkpoint {run_dir / 'last.pt'}; "
-                             f"allowed: a run directory written by train_coupled.py")
-        if config is None:
-            config = str(run_dir / "config.yaml")
-            if not Path(config).is_file():
-                raise UsageError(f"--resume {resume}: no {config}; pass --config too")
-        over = parse_overrides(overrides)
-        if "out_dir" in over and Path(str(over["out_dir"])).resolve() != run_dir.resolve():
-            raise UsageError(f"out_dir={over['out_dir']} conflicts with --resume {resume}; "
-                             f"a resumed run stays in its directory")
-        raw = _merge(load_raw(config), over)
-        raw["out_dir"] = str(run_dir)
-        return config_from_dict(raw, name=run_dir.name)
-    if config is None:
-        raise UsageError("--config NAME_OR_PATH is required (or --resume RUN_DIR); "
-                         f"available configs: {', '.join(available_configs())}")
-    return load_config(config, overrides)
+@dataclass
+class Run:
+    """What is built once per run (not saved)."""
+    cfg: Config
+    out: Path
+    device: torch.device
+    dist: distmod.DistInfo
+    model: torch.nn.Module               # the unwrapped model (checkpoints, evaluation)
+    net: torch.nn.Module                 # what trains: the model or its DDP wrapper
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    fixed_batch: torch.Tensor            # a fixed test batch for the weight-evolution views
+    writer: object = None                # TensorBoard SummaryWriter (rank 0, log.tensorboard)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    try:
-        cfg = resolve_config(args.config, args.overrides, args.resume)
-        if args.print_config:
-            print(dump_config(cfg), end="")
-            return 0
-        Trainer(cfg, resume=args.resume is not None).fit()
-    except (ConfigError, UsageError, DataNotFoundError) as e:
-        if is_main:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        if is_main:
-            print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- set-up
 
 def _resolve_device(cfg: Config, local_rank: int) -> torch.device:
     want = cfg.train.device
@@ -142,6 +103,270 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def with_absolute_data_root(cfg: Config) -> Config:
+    """``cfg`` with ``data.root`` resolved to an absolute path, so a resume works from any directory."""
+    root = Path(cfg.data.root if cfg.data.root is not None else default_root()).expanduser().resolve()
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+
+
+def _agree(ok: bool, info: distmod.DistInfo) -> bool:
+    """Whether ``ok`` holds on every rank (a collective: every rank must call it)."""
+    flag = torch.tensor([0.0 if ok else 1.0])
+    return distmod.all_reduce_sum(flag, info).item() == 0
+
+
+class _PeerFailed(UsageError):
+    """Another rank failed during set-up and reported it; this rank exits quietly with the same status."""
+
+    quiet = True
+
+
+def prepare_run_dir(out: Path, resume: bool) -> RunLock:
+    """Create ``out``, lock it for this run and remove stale temporaries; fail before any data is loaded.
+
+    Raises UsageError for an out_dir that is a file, cannot be created or written, or already
+    holds a run (without ``resume``); RunLockedError when a live process holds it.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is a file; allowed: a directory (new or a run directory)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out).acquire()
+    except PermissionError:
+        raise UsageError(f"out_dir {out} cannot be written (permission denied); choose another out_dir=DIR") from None
+    except OSError as e:
+        raise UsageError(f"out_dir {out} cannot be used ({e.strerror}); choose another out_dir=DIR") from None
+    if not resume and (out / "last.pt").exists():
+        lock.release()
+        raise UsageError(f"out_dir {out} already holds a run (last.pt); continue it with "
+                         f"--resume {out}, or choose another out_dir=DIR")
+    remove_stale_temporaries(out)
+    return lock
+
+
+def read_last_checkpoint(out: Path) -> dict:
+    """The verified last.pt of run ``out``; on failure, the message says whether best.pt verifies."""
+    last, best = out / "last.pt", out / "best.pt"
+    try:
+        ck = load_checkpoint(last)
+    except CheckpointError as e:
+        hint = "no best.pt to fall back on"
+        if best.is_file():
+            try:
+                b = load_checkpoint(best)
+                hint = (f"{best} verifies (epoch {b.get('epoch')}): to resume from it, copy it and "
+                        f"{best.name}.sha256 over {last.name} and {last.name}.sha256")
+            except CheckpointError:
+                hint = f"{best} does not verify either"
+        raise CheckpointError(f"--resume {out}: {e}; {hint}") from None
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"--resume {out}: last.pt has checkpoint format {ck.get('format')!r}, "
+                         f"this code reads format {CHECKPOINT_FORMAT}")
+    return ck
+
+
+def _build_model(cfg: Config, in_channels: int, num_classes: int) -> torch.nn.Module:
+    from .. import models
+    m = cfg.model
+    try:
+        return models.build(m.name, m.variant, num_classes=num_classes, in_channels=in_channels, **m.build_options())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model section rejected by anodev2.models.build: {e}") from None
+
+
+def _load_data(cfg: Config, info: distmod.DistInfo) -> tuple[ArrayDataset, ArrayDataset]:
+    d = cfg.data
+    kwargs = dict(name=d.name, root=d.root, download=d.download, subset_train=d.subset_train,
+                  subset_test=d.subset_test, seed=cfg.train.seed)
+    if info.enabled and not info.is_main:  # rank 0 downloads first
+        torch.distributed.barrier()
+        return load_datasets(**{**kwargs, "download": False})
+    try:
+        return load_datasets(**kwargs)
+    finally:
+        if info.enabled:
+            torch.distributed.barrier()
+
+
+def setup_run(cfg: Config, resume: bool) -> tuple[Run, RunState, Optional[RunLock], Optional[dict]]:
+    """Build everything of a run. Returns (run, fresh state, rank 0's lock, the verified last.pt when resuming)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = _resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
+    info = distmod.init(device.type)
+    lock = None
+    try:
+        lock, ck = _claim_run_dir(cfg, resume, info)
+        run = _build(cfg, device, info)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        distmod.shutdown(info)
+        raise
+    return run, RunState(), lock, ck
+
+
+def _claim_run_dir(cfg: Config, resume: bool, info: distmod.DistInfo) -> tuple[Optional[RunLock], Optional[dict]]:
+    """Rank 0 locks and checks the run directory (and reads last.pt when resuming); all ranks agree on success."""
+    out = Path(cfg.out_dir)
+    lock, ck, failure = None, None, None
+    if info.is_main:
+        try:
+            lock = prepare_run_dir(out, resume)
+            ck = read_last_checkpoint(out) if resume else None
+        except BaseException as e:
+            failure = e
+    if not _agree(failure is None, info):
+        if lock is not None:
+            lock.release()
+        if failure is not None:
+            raise failure
+        raise _PeerFailed("rank 0 failed during set-up")
+    return lock, ck
+
+
+def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
+    """Model, loaders, DDP wrapper, optimiser and scaler of a run (seeded by train.seed)."""
+    out = Path(cfg.out_dir)
+    _seed_everything(cfg.train.seed)
+    in_channels, num_classes = (1, 10) if cfg.data.name == "mnist" else (3, 100 if cfg.data.name == "cifar100" else 10)
+    model = _build_model(cfg, in_channels, num_classes).to(device)
+    train_set, test_set = _load_data(cfg, info)
+    if train_set.in_channels != in_channels:
+        raise ConfigError(f"data set has {train_set.in_channels} channels, unexpected for {cfg.data.name}")
+    loader = dict(seed=cfg.train.seed, rank=info.rank, world_size=info.world_size)
+    train_loader = BatchLoader(train_set, cfg.train.batch_size, shuffle=True, augment=cfg.data.augment,
+                               workers=cfg.data.workers, pad=True, pin_memory=device.type == "cuda", **loader)
+    test_loader = BatchLoader(test_set, 2 * cfg.train.batch_size, shuffle=False, augment=False, workers=0,
+                              pad=False, **loader)
+    fixed = BatchLoader(test_set, cfg.log.evolution_batch, shuffle=False, augment=False, world_size=1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+    run = Run(cfg=cfg, out=out, device=device, dist=info, model=model, net=net,
+              opt=build_optimizer(cfg.optim, model), scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp),
+              train_loader=train_loader, test_loader=test_loader, fixed_batch=next(iter(fixed))[0].to(device))
+    if info.is_main:
+        print(f"run {out}: {cfg.model.name}/{cfg.model.variant} on {cfg.data.name} "
+              f"({len(train_set)} train / {len(test_set)} test images, {train_set.source}), device {device}, "
+              f"{info.world_size} process(es)", flush=True)
+    return run
+
+
+def restore(run: Run, ck: Optional[dict]) -> RunState:
+    """Load model, optimiser, scaler and RNG state from checkpoint dict ``ck`` (rank 0's, broadcast by DDP's
+    first forward for the model). Returns the run state stored in it; the config's optimiser settings win."""
+    if run.dist.enabled:  # only rank 0 read the file; every rank needs the state
+        box = [ck]
+        torch.distributed.broadcast_object_list(box, src=0)
+        ck = box[0]
+    cfg = run.cfg
+    old_opt = ck["config"]["optim"]["name"]
+    if old_opt != cfg.optim.name:
+        raise UsageError(f"--resume {run.out}: the run used optim.name={old_opt}, "
+                         f"the config says {cfg.optim.name}; allowed: optim.name={old_opt}")
+    try:
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["optimizer"])
+        apply_group_settings(run.opt, cfg.optim)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"--resume {run.out}: the checkpoint does not match this config's model/optim "
+                         f"({' '.join(str(e).split())[:200]})") from None
+    if ck.get("scaler"):
+        run.scaler.load_state_dict(ck["scaler"])
+    set_rng_state(ck["rng"])
+    return RunState(epoch=ck["epoch"], optimizer_steps=ck["optimizer_steps"], best_test_acc=ck["best_test_acc"],
+                    history=list(ck["history"]))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _diverged(run: Run, state: RunState, what: str) -> NonFiniteError:
+    last = run.out / "last.pt"
+    where = (f"last good checkpoint: {last} (epoch {state.epoch}, kept intact)" if state.epoch > 0
+             else "no checkpoint was written yet")
+    return NonFiniteError(f"{what}; {where}")
+
+
+def _micro_batches(x: torch.Tensor, y: torch.Tensor, n: int):
+    """Interleaved micro-batches ``(x[i::n], y[i::n], weight)`` with weights ``len_i / len``: the split DDP's ranks
+    see of a global batch, so accumulating them gives the gradient of DDP on n ranks with the same kernels."""
+    for i in range(min(n, x.shape[0])):
+        yield x[i::n], y[i::n], y[i::n].shape[0] / y.shape[0]
+
+
+def train_one_epoch(run: Run, state: RunState, epoch: int) -> dict:
+    """Train one epoch (0-based ``epoch``); returns its training metrics summed over ranks.
+
+    Raises NonFiniteError when a step's loss is not finite on any rank (before that step's update).
+    """
+    cfg, dev, info = run.cfg, run.device, run.dist
+    lr = lr_at(cfg.optim, epoch, cfg.train.epochs)
+    set_lr(run.opt, lr)
+    run.train_loader.set_epoch(epoch)
+    run.net.train()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    steps = 0
+    bar = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} train", len(run.train_loader),
+                   enabled=run.is_main and cfg.log.progress, interval=cfg.log.progress_interval)
+    try:
+        for step, (x, y) in enumerate(run.train_loader):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            run.opt.zero_grad(set_to_none=True)
+            loss_sum, correct = torch.zeros((), dtype=torch.float64), 0
+            for xm, ym, weight in _micro_batches(x, y, cfg.train.micro_batches):
+                with torch.autocast(dev.type, dtype=torch.float16, enabled=cfg.train.amp):
+                    logits = run.net(xm)
+                    loss = F.cross_entropy(logits.float(), ym)
+                bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+                if distmod.all_reduce_sum(bad, info).item() > 0:
+                    raise _diverged(run, state, f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, "
+                                                f"step {step + 1} (global step {state.optimizer_steps + steps + 1})")
+                run.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+                loss_sum += loss.detach().double().cpu() * ym.shape[0]
+                correct += int((logits.argmax(1) == ym).sum())
+            run.scaler.step(run.opt)
+            run.scaler.update()
+            steps += 1
+            n = y.shape[0]
+            sums += torch.tensor([loss_sum.item(), correct, n], dtype=torch.float64)
+            bar.update(n * info.world_size, loss_sum.item() / n)
+    finally:
+        bar.close()
+    distmod.all_reduce_sum(sums, info)
+    return {"epoch": epoch + 1, "train_loss": sums[0].item() / sums[2].item(),
+            "train_acc": sums[1].item() / sums[2].item(), "test_loss": None, "test_acc": None, "lr": lr,
+            "steps": steps, "optimizer_steps": state.optimizer_steps + steps, "train_images": int(sums[2].item()),
+            "world_size": info.world_size}
+
+
+@torch.no_grad()
+def evaluate(run: Run, desc: str) -> tuple[float, float, int]:
+    """(mean loss, accuracy, images) over the whole test set, summed over ranks (unwrapped model, no DDP)."""
+    model, cfg = run.model, run.cfg
+    was = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    bar = Progress(desc, len(run.test_loader), enabled=run.is_main and cfg.log.progress,
+                   interval=cfg.log.progress_interval)
+    try:
+        for x, y in run.test_loader:
+            x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            with torch.autocast(run.device.type, dtype=torch.float16, enabled=cfg.train.amp):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y, reduction="sum").double().cpu()
+            sums += torch.stack([loss, (logits.argmax(1) == y).sum().double().cpu(),
+                                 torch.tensor(float(y.shape[0]), dtype=torch.float64)])
+            bar.update(y.shape[0] * run.dist.world_size, loss.item() / y.shape[0])
+    finally:
+        bar.close()
+        model.train(was)
+    distmod.all_reduce_sum(sums, run.dist)
+    return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item(), int(sums[2].item())
+
+
 def _param_checksum(model: torch.nn.Module) -> torch.Tensor:
     """A float64 fingerprint of all parameters (equal on all ranks iff DDP kept them in sync, up to collisions)."""
     s = torch.zeros((), dtype=torch.float64)
@@ -151,246 +376,120 @@ def _param_checksum(model: torch.nn.Module) -> torch.Tensor:
     return s.reshape(1)
 
 
-class Trainer:
-    """One training run of a :class:`Config` (single process or one rank of a torchrun job).
+def check_finite(run: Run, state: RunState, rec: dict) -> None:
+    """The divergence guard before a checkpoint: every parameter and float buffer, the training loss and the
+    test loss (when evaluated) must be finite; else NonFiniteError and last.pt stays the last good model."""
+    bad = [name for name, t in list(run.model.named_parameters()) + list(run.model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    losses = [k for k in ("train_loss", "test_loss") if rec[k] is not None and not math.isfinite(rec[k])]
+    if bad or losses:
+        what = ", ".join([f"{k} {rec[k]}" for k in losses] +
+                         ([f"{len(bad)} non-finite tensors (first: {bad[0]})"] if bad else []))
+        raise _diverged(run, state, f"the model diverged in epoch {rec['epoch']} ({what}); not saved")
 
-    ``fit()`` trains ``train.epochs`` epochs (continuing from ``out_dir/last.pt`` when ``resume``).
-    """
 
-    def __init__(self, cfg: Config, resume: bool = False):
-        self.cfg, self.resume = cfg, resume
-        self.out = Path(cfg.out_dir)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if not resume and (self.out / "last.pt").exists():
-            raise UsageError(f"out_dir {self.out} already holds a run (last.pt); continue it with "
-                             f"--resume {self.out}, or choose another out_dir=DIR")
-        self.device = _resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
-        _seed_everything(cfg.train.seed)
-        self.model = self._build_model(in_channels=1 if cfg.data.name == "mnist" else 3,
-                                       num_classes=100 if cfg.data.name == "cifar100" else 10)
-        self.dist = distmod.init(self.device.type)
-        self.is_main = self.dist.is_main
+def save_checkpoint(run: Run, state: RunState, is_best: bool) -> None:
+    """Write last.pt (and best.pt when ``is_best``) with their SHA-256 sidecars (rank 0 only)."""
+    ck = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "model": run.model.state_dict(),
+          "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp else {},
+          "rng": rng_state(), "config": config_to_dict(run.cfg), "history": state.history,
+          "best_test_acc": state.best_test_acc, "optimizer_steps": state.optimizer_steps}
+    atomic_save(ck, run.out / "last.pt")
+    if is_best:
+        atomic_save(ck, run.out / "best.pt")
 
-    # -- setup -----------------------------------------------------------------------
-    def _build_model(self, in_channels: int, num_classes: int) -> torch.nn.Module:
+
+def json_record(rec: dict) -> str:
+    """One strict-JSON line (non-finite numbers become null, never a bare NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
+def summary_line(rec: dict, epochs: int) -> str:
+    test = f" test loss {rec['test_loss']:.4f} acc {rec['test_acc']:.4f}" if rec["test_acc"] is not None else ""
+    return (f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}{test} "
+            f"lr {rec['lr']:.4g} {rec['epoch_time']:.1f}s {rec['images_per_sec']:.0f} img/s")
+
+
+def log_epoch(run: Run, rec: dict) -> None:
+    """Append ``rec`` to metrics.jsonl, write its TensorBoard views and print its summary (rank 0)."""
+    cfg = run.cfg
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json_record(rec) + "\n")
+    if run.writer is not None:
         from .. import models
-        m = self.cfg.model
-        try:
-            return models.build(m.name, m.variant, num_classes=num_classes, in_channels=in_channels,
-                                **m.build_options())
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"model section rejected by anodev2.models.build: {e}") from None
+        from . import tensorboard as tb
+        epoch = rec["epoch"]
+        tb.log_scalars(run.writer, rec, epoch)
+        every = cfg.log.evolution_every
+        if every and (epoch % every == 0 or epoch == cfg.train.epochs):
+            tb.log_evolution(run.writer, run.model, models.ode_blocks(run.model), run.fixed_batch, epoch,
+                             max_kernels=cfg.log.max_kernels)
+        run.writer.flush()
+    print(summary_line(rec, cfg.train.epochs), flush=True)
 
-    def _load_data(self) -> tuple[ArrayDataset, ArrayDataset]:
-        d, t = self.cfg.data, self.cfg.train
-        kwargs = dict(name=d.name, root=d.root, download=d.download, subset_train=d.subset_train,
-                      subset_test=d.subset_test, seed=t.seed)
-        if self.dist.enabled and not self.is_main:  # rank 0 downloads first
-            torch.distributed.barrier()
-            return load_datasets(**{**kwargs, "download": False})
-        try:
-            return load_datasets(**kwargs)
-        finally:
-            if self.dist.enabled:
-                torch.distributed.barrier()
 
-    # -- main loop --------------------------------------------------------------------
-    def fit(self) -> list[dict]:
-        """Train; returns the metrics history (one dict per epoch)."""
-        try:
-            return self._fit()
-        finally:
-            distmod.shutdown(self.dist)
+def _open_outputs(run: Run, state: RunState) -> None:
+    """config.yaml, model.txt, metrics.jsonl (rewritten from the restored history) and the TensorBoard writer."""
+    from ..models import format_description
+    cfg, out = run.cfg, run.out
+    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    description = format_description(run.model)
+    atomic_write_text(description + "\n", out / "model.txt")
+    atomic_write_text("".join(json_record(h) + "\n" for h in state.history), out / "metrics.jsonl")
+    if cfg.log.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        run.writer = SummaryWriter(log_dir=str(out), purge_step=state.epoch + 1 if state.epoch else None)
+        if state.epoch == 0:
+            run.writer.add_text("model/description", "```\n" + description + "\n```", 0)
+            run.writer.add_text("config", "```\n" + dump_config(cfg) + "```", 0)
+    print(f"epochs {state.epoch + 1}..{cfg.train.epochs}\n{description}", flush=True)
 
-    def _fit(self) -> list[dict]:
-        cfg, dev = self.cfg, self.device
-        train_set, test_set = self._load_data()
-        if train_set.in_channels != (1 if cfg.data.name == "mnist" else 3):
-            raise ConfigError(f"data set has {train_set.in_channels} channels, unexpected for {cfg.data.name}")
-        pin = dev.type == "cuda"
-        train_loader = BatchLoader(train_set, cfg.train.batch_size, shuffle=True, augment=cfg.data.augment,
-                                   seed=cfg.train.seed, rank=self.dist.rank, world_size=self.dist.world_size,
-                                   workers=cfg.data.workers, pad=True, pin_memory=pin)
-        test_loader = BatchLoader(test_set, 2 * cfg.train.batch_size, shuffle=False, augment=False,
-                                  seed=cfg.train.seed, rank=self.dist.rank, world_size=self.dist.world_size,
-                                  workers=0, pad=False)
-        fixed = BatchLoader(test_set, cfg.log.evolution_batch, shuffle=False, augment=False, world_size=1)
-        fixed_batch = next(iter(fixed))[0].to(dev)
 
-        model = self.model.to(dev)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        net = model
-        if self.dist.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-        opt = build_optimizer(cfg.optim, model)
-        scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp)
-
-        start, history, best, steps_total = 0, [], -1.0, 0
-        if self.resume:
-            ck = load_checkpoint(self.out / "last.pt")
-            if ck.get("format") != CHECKPOINT_FORMAT:
-                raise UsageError(f"--resume {self.out}: last.pt has checkpoint format {ck.get('format')!r}, "
-                                 f"this code reads format {CHECKPOINT_FORMAT}")
-            old_opt = ck["config"]["optim"]["name"]
-            if old_opt != cfg.optim.name:
-                raise UsageError(f"--resume {self.out}: the run used optim.name={old_opt}, "
-                                 f"the config says {cfg.optim.name}; allowed: optim.name={old_opt}")
-            try:
-                model.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
-                apply_group_settings(opt, cfg.optim)  # the config's hyperparameters win over the checkpoint's
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise UsageError(f"--resume {self.out}: the checkpoint does not match this config's model/optim "
-                                 f"({' '.join(str(e).split())[:200]})") from None
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            start, history, best = ck["epoch"], list(ck["history"]), ck["best_test_acc"]
-            steps_total = ck["optimizer_steps"]
-            set_rng_state(ck["rng"])
-            if start >= cfg.train.epochs:
-                if self.is_main:
-                    print(f"nothing to do: {self.out / 'last.pt'} has {start} epochs >= train.epochs={cfg.train.epochs}")
-                return history
-
-        writer = None
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(dump_config(cfg), self.out / "config.yaml")
-            from ..models import format_description
-            description = format_description(model)
-            atomic_write_text(description + "\n", self.out / "model.txt")
-            atomic_write_text("".join(json.dumps(h) + "\n" for h in history), self.out / "metrics.jsonl")
-            if cfg.log.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-                writer = SummaryWriter(log_dir=str(self.out), purge_step=start + 1 if start else None)
-                if start == 0:
-                    writer.add_text("model/description", "```\n" + description + "\n```", 0)
-                    writer.add_text("config", "```\n" + dump_config(cfg) + "```", 0)
-            print(f"run {self.out}: {cfg.model.name}/{cfg.model.variant} on {cfg.data.name} "
-                  f"({len(train_set)} train / {len(test_set)} test images, {train_set.source}), device {dev}, "
-                  f"{self.dist.world_size} process(es), epochs {start + 1}..{cfg.train.epochs}\n{description}", flush=True)
-
-        try:
-            for epoch in range(start, cfg.train.epochs):
-                rec = self._epoch(epoch, net, model, opt, scaler, train_loader, test_loader, fixed_batch,
-                                  writer, steps_total, best)
-                steps_total = rec["optimizer_steps"]
-                if rec["test_acc"] is not None and rec["test_acc"] > best:
-                    best, rec["best"] = rec["test_acc"], True
-                rec["best_test_acc"] = best if best >= 0 else None
-                history.append(rec)
-                if self.is_main:
-                    ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
-                          "optimizer": opt.state_dict(),
-                          "scheduler": {"schedule": cfg.optim.schedule, "last_epoch": epoch,
-                                        "lr": rec["lr"]},
-                          "scaler": scaler.state_dict() if cfg.train.amp else {},
-                          "rng": rng_state(), "data": {"seed": cfg.train.seed, "next_epoch": epoch + 1},
-                          "config": config_to_dict(cfg), "history": history, "best_test_acc": best,
-                          "optimizer_steps": steps_total}
-                    atomic_save(ck, self.out / "last.pt")
-                    if rec.get("best"):
-                        atomic_save(ck, self.out / "best.pt")
-                    with open(self.out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    if writer is not None:
-                        writer.flush()
-                    print(self._summary(rec), flush=True)
-        finally:
-            if writer is not None:
-                writer.close()
-        return history
-
-    def _summary(self, rec: dict) -> str:
-        test = (f" test loss {rec['test_loss']:.4f} acc {rec['test_acc']:.4f}" if rec["test_acc"] is not None else "")
-        return (f"epoch {rec['epoch']}/{self.cfg.train.epochs}: train loss {rec['train_loss']:.4f} "
-                f"acc {rec['train_acc']:.4f}{test} lr {rec['lr']:.4g} {rec['epoch_time']:.1f}s "
-                f"{rec['images_per_sec']:.0f} img/s")
-
-    def _epoch(self, epoch, net, model, opt, scaler, train_loader, test_loader, fixed_batch, writer,
-               steps_total, best) -> dict:
-        cfg, dev, info = self.cfg, self.device, self.dist
-        lr = lr_at(cfg.optim, epoch, cfg.train.epochs)
-        set_lr(opt, lr)
-        train_loader.set_epoch(epoch)
-        net.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        steps = 0
-        bar = None
-        show = self.is_main and cfg.log.progress and sys.stderr.isatty()
-        it = train_loader
-        if show:
-            from tqdm import tqdm
-            it = bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                            dynamic_ncols=True)
-        for step, (x, y) in enumerate(it):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=cfg.train.amp):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y)
-            bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
-            if distmod.all_reduce_sum(bad, info).item() > 0:
-                if bar is not None:
-                    bar.close()
-                last = self.out / "last.pt"
-                where = (f"last good checkpoint: {last} (epoch {epoch}, kept intact)" if last.exists()
-                         else "no checkpoint was written yet")
-                raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, "
-                                         f"step {step + 1} (global step {steps_total + steps + 1}); {where}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            steps += 1
-            with torch.no_grad():
-                n = y.shape[0]
-                sums += torch.stack([loss.detach().double().cpu() * n,
-                                     (logits.argmax(1) == y).sum().double().cpu(),
-                                     torch.tensor(float(n), dtype=torch.float64)])
-            if bar is not None:
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.3f}", lr=f"{lr:.3g}")
-        if bar is not None:
-            bar.close()
-        train_time = time.perf_counter() - t0
-        distmod.all_reduce_sum(sums, info)
-        rec = {"epoch": epoch + 1, "train_loss": sums[0].item() / sums[2].item(),
-               "train_acc": sums[1].item() / sums[2].item(), "test_loss": None, "test_acc": None,
-               "lr": lr, "steps": steps, "optimizer_steps": steps_total + steps,
-               "train_images": int(sums[2].item()), "world_size": info.world_size}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            rec["test_loss"], rec["test_acc"], rec["test_images"] = self._evaluate(model, test_loader)
-        rec["epoch_time"] = time.perf_counter() - t0
-        rec["images_per_sec"] = rec["train_images"] / max(train_time, 1e-9)
-        if info.enabled:
-            rec["ranks_in_sync"] = distmod.all_equal(_param_checksum(model), info)
-            if not rec["ranks_in_sync"]:
-                raise RuntimeError(f"DistributedDataParallel ranks hold different parameters after epoch {epoch + 1}")
-        if writer is not None:
-            from .. import models
-            from . import tensorboard as tb
-            tb.log_scalars(writer, rec, epoch + 1)
-            every = cfg.log.evolution_every
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
-                tb.log_evolution(writer, model, models.ode_blocks(model), fixed_batch, epoch + 1,
-                                 max_kernels=cfg.log.max_kernels)
-        return rec
-
-    @torch.no_grad()
-    def _evaluate(self, model, loader) -> tuple[float, float, int]:
-        """(mean loss, accuracy, images) over the whole test set, summed over ranks (unwrapped model, no collectives)."""
-        was = model.training
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.cfg.train.amp):
-                logits = model(x).float()
-            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double().cpu(),
-                                 (logits.argmax(1) == y).sum().double().cpu(),
-                                 torch.tensor(float(y.shape[0]), dtype=torch.float64)])
-        model.train(was)
-        distmod.all_reduce_sum(sums, self.dist)
-        return sums[0].item() / sums[2].item(), sums[1].item() / sums[2].item(), int(sums[2].item())
+def fit(cfg: Config, resume: bool = False) -> list[dict]:
+    """Train ``cfg`` (continuing from ``out_dir/last.pt`` when ``resume``); returns the metrics history."""
+    cfg = with_absolute_data_root(cfg)
+    run = lock = None
+    try:
+        run, state, lock, ck = setup_run(cfg, resume)
+        if resume:
+            state = restore(run, ck)
+            if state.epoch >= cfg.train.epochs:
+                if run.is_main:
+                    print(f"nothing to do: {run.out / 'last.pt'} has {state.epoch} epochs >= "
+                          f"train.epochs={cfg.train.epochs}")
+                return state.history
+        if run.is_main:
+            _open_outputs(run, state)
+        for epoch in range(state.epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            rec = train_one_epoch(run, state, epoch)
+            train_time = time.perf_counter() - t0
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                rec["test_loss"], rec["test_acc"], rec["test_images"] = evaluate(
+                    run, f"epoch {epoch + 1}/{cfg.train.epochs} test")
+            rec["epoch_time"] = time.perf_counter() - t0
+            rec["images_per_sec"] = rec["train_images"] / max(train_time, 1e-9)
+            if run.dist.enabled:
+                rec["ranks_in_sync"] = distmod.all_equal(_param_checksum(run.model), run.dist)
+                if not rec["ranks_in_sync"]:
+                    raise RuntimeError(f"DistributedDataParallel ranks hold different parameters after epoch {epoch + 1}")
+            check_finite(run, state, rec)
+            is_best = rec["test_acc"] is not None and (state.best_test_acc is None or
+                                                       rec["test_acc"] > state.best_test_acc)
+            if is_best:
+                state.best_test_acc, rec["best"] = rec["test_acc"], True
+            rec["best_test_acc"] = state.best_test_acc
+            state.epoch, state.optimizer_steps = epoch + 1, rec["optimizer_steps"]
+            state.history.append(rec)
+            if run.is_main:
+                save_checkpoint(run, state, is_best)
+                log_epoch(run, rec)
+        return state.history
+    finally:
+        if run is not None and run.writer is not None:
+            run.writer.close()
+        if lock is not None:
+            lock.release()
+        if run is not None:
+            distmod.shutdown(run.dist)

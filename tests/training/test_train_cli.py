@@ -19,7 +19,7 @@ import torch
 from anodev2 import models
 from anodev2.training import tensorboard as tb
 from anodev2.training.config import load_config
-from anodev2.training.trainer import main
+from anodev2.training.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"

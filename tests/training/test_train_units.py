@@ -21,7 +21,7 @@ def test_atomic_save_replaces_whole_file_and_cleans_up(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         atomic_save({"a": torch.zeros(3), "b": Boom()}, path)
     assert torch.equal(load_checkpoint(path)["a"], torch.ones(3))  # old file intact
-    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "ck.pt.sha256"]  # no temporary left behind
 
 
 def test_rng_state_round_trips_through_weights_only_file(tmp_path):

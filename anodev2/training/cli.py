@@ -1,0 +1,120 @@
+"""Command line of ``train_coupled.py``: argument parsing, config resolution, exit statuses.
+
+    python train_coupled.py --config NAME_OR_PATH [KEY=VALUE ...] [--resume RUN_DIR] [--print-config]
+    torchrun --nproc_per_node=N train_coupled.py --config ...      (DistributedDataParallel)
+
+Exit status (:data:`EXIT_STATUS`): 0 done; 1 the model diverged (non-finite loss, parameter or
+test loss; last.pt is the last good model); 2 bad input (config, override, data, run directory,
+checkpoint, a run directory in use): one ``error: ...`` line on stderr, no traceback; 130
+interrupted (Ctrl-C): last.pt kept, the ``--resume`` command printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, describe_keys,
+                     dump_config, load_config, load_raw, merge_raw, parse_overrides)
+from .data import DataError
+from .run_files import CheckpointError, RunLockedError
+from .trainer import NonFiniteError, UsageError, fit
+
+__all__ = ["main", "build_parser", "resolve_config", "EXIT_STATUS"]
+
+EXIT_STATUS = {"done": 0, "diverged": 1, "bad input": 2, "interrupted": 130}
+BAD_INPUT = (ConfigError, UsageError, DataError, CheckpointError, RunLockedError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump; exit 2 like every bad input
+        self.exit(EXIT_STATUS["bad input"], f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; its epilog lists the shipped configs, every config key and the exit statuses."""
+    configs = ", ".join(available_configs()) or "(none found)"
+    epilog = (f"configs: a path to a YAML file, or a name in {CONFIG_DIR} (with or without .yaml).\n"
+              f"available configs: {configs}\n\n"
+              f"overrides: dotted KEY=VALUE pairs anywhere on the line, VALUE parsed as YAML, e.g.\n"
+              f"  train.epochs=1 data.subset_train=512 model.variant=anode optim.milestones=[100,150]\n\n"
+              f"config keys (default  [allowed]  meaning):\n{describe_keys()}\n\n"
+              "multi-process: torchrun --nproc_per_node=N train_coupled.py --config ... (gloo on CPU, NCCL on CUDA)\n"
+              "exit status: " + ", ".join(f"{code} {what}" for what, code in EXIT_STATUS.items()))
+    p = _Parser(prog="train_coupled.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Train a coupled neural ODE network (ANODE / ANODEV2) on CIFAR-10/100 or MNIST.",
+                epilog=epilog)
+    p.add_argument("--config", metavar="NAME_OR_PATH",
+                   help="config name in anodev2/training/configs or a YAML path "
+                        "(default with --resume: RUN_DIR/config.yaml)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from RUN_DIR/last.pt")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
+    return p
+
+
+def resolve_config(config: Optional[str], overrides: Sequence[str], resume: Optional[str]) -> Config:
+    """The validated config of a command line. With ``resume``, out_dir is RUN_DIR and the base
+    config defaults to RUN_DIR/config.yaml."""
+    if resume is None:
+        if config is None:
+            raise UsageError("--config NAME_OR_PATH is required (or --resume RUN_DIR); "
+                             f"available configs: {', '.join(available_configs())}")
+        return load_config(config, overrides)
+    run_dir = Path(resume)
+    if not (run_dir / "last.pt").is_file():
+        raise UsageError(f"--resume {resume}: no checkpoint {run_dir / 'last.pt'}; "
+                         f"allowed: a run directory written by train_coupled.py")
+    if config is None:
+        config = str(run_dir / "config.yaml")
+        if not Path(config).is_file():
+            raise UsageError(f"--resume {resume}: no {config}; pass --config too")
+    over = parse_overrides(overrides)
+    if "out_dir" in over and Path(str(over["out_dir"])).resolve() != run_dir.resolve():
+        raise UsageError(f"out_dir={over['out_dir']} conflicts with --resume {resume}; "
+                         f"a resumed run stays in its directory")
+    raw = merge_raw(load_raw(config), over)
+    raw["out_dir"] = str(run_dir)
+    return config_from_dict(raw, name=run_dir.name)
+
+
+def _resume_command(out_dir: str) -> str:
+    launcher = "torchrun --nproc_per_node=" + os.environ["WORLD_SIZE"] if int(
+        os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
+    return f"{launcher} train_coupled.py --resume {shlex.quote(out_dir)}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (see the module docstring)."""
+    args = build_parser().parse_intermixed_args(argv)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+
+    def fail(status: str, message: str) -> int:
+        if is_main:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return EXIT_STATUS[status]
+
+    cfg = None
+    try:
+        cfg = resolve_config(args.config, args.overrides, args.resume)
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return EXIT_STATUS["done"]
+        fit(cfg, resume=args.resume is not None)
+    except BAD_INPUT as e:
+        if getattr(e, "quiet", False):  # another rank reported it
+            return EXIT_STATUS["bad input"]
+        return fail("bad input", str(e))
+    except NonFiniteError as e:
+        return fail("diverged", str(e))
+    except KeyboardInterrupt:
+        if cfg is None:
+            return fail("interrupted", "interrupted")
+        last = Path(cfg.out_dir) / "last.pt"
+        kept = (f"{last} kept; continue with: {_resume_command(cfg.out_dir)}" if last.is_file()
+                else "no checkpoint was written yet")
+        return fail("interrupted", f"interrupted; {kept}")
+    return EXIT_STATUS["done"]
