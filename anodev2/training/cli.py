@@ -6,7 +6,7 @@
 Exit status (:data:`EXIT_STATUS`): 0 done; 1 the model diverged (non-finite loss, parameter or
 test loss; last.pt is the last good model); 2 bad input (config, override, data, run directory,
 checkpoint, a run directory in use): one ``error: ...`` line on stderr, no traceback; 130
-interrupted (Ctrl-C): last.pt kept, the ``--resume`` command printed.
+interrupted (Ctrl-C): one ``interrupted: ...`` line naming the kept last.pt and the ``--resume`` command.
 """
 from __future__ import annotations
 
@@ -110,11 +110,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("bad input", str(e))
     except NonFiniteError as e:
         return fail("diverged", str(e))
-    except KeyboardInterrupt:
-        if cfg is None:
-            return fail("interrupted", "interrupted")
-        last = Path(cfg.out_dir) / "last.pt"
-        kept = (f"{last} kept; continue with: {_resume_command(cfg.out_dir)}" if last.is_file()
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; last.pt is whole (written atomically)
+        last = Path(cfg.out_dir) / "last.pt" if cfg is not None else None
+        kept = (f"{last} kept; continue with: {_resume_command(cfg.out_dir)}" if last is not None and last.is_file()
                 else "no checkpoint was written yet")
-        return fail("interrupted", f"interrupted; {kept}")
+        if is_main:
+            print(f"interrupted: {kept}", file=sys.stderr, flush=True)
+        return EXIT_STATUS["interrupted"]
     return EXIT_STATUS["done"]

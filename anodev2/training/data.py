@@ -231,20 +231,20 @@ def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, Arra
     if npz.is_file():
         return _load_npz(npz, name)
     tried = [f"{npz} (not found)"]
+    top = _missing_ancestor(Path(root))
+    before = {Path(d) for d, _, _ in os.walk(root)}
     try:
         return _load_torchvision(name, root, download=False)
     except (RuntimeError, OSError) as e:
         tried.append(f"torchvision layout in {root} ({' '.join(str(e).split())[:120]})")
     if download:
-        top = _missing_ancestor(Path(root))
-        before = {Path(d) for d, _, _ in os.walk(root)}
         try:
             return _load_torchvision(name, root, download=True)
         except Exception as e:  # URLError, HTTPError, timeouts, checksum errors: all mean "no data"
-            _remove_new_empty_dirs(Path(root), before, top)
             tried.append(f"torchvision download into {root} ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     else:
         tried.append("download skipped (data.download=false)")
+    _remove_new_empty_dirs(Path(root), before, top)  # what the failed attempts created
     how = ("run once with internet access (torchvision downloads it into data.root)"
            if download else "set data.download=true on a machine with internet access")
     extra = (f", or build the arrays file offline from a CIFAR-10 PNG copy (its make_cifar10_npz.py script: "

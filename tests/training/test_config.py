@@ -149,3 +149,29 @@ def test_lr_schedules():
     assert lr_at(c, 2, 10) == pytest.approx(0.1)
     assert lr_at(c, 6, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
     assert all(lr_at(c, e + 1, 10) < lr_at(c, e, 10) for e in range(2, 9))
+
+
+def test_config_names_work_with_and_without_yaml_suffix():
+    assert find_config("aconnect") == find_config("aconnect.yaml") == CONFIG_DIR / "aconnect.yaml"
+    assert load_config("aconnect.yaml") == load_config("aconnect")
+
+
+def test_empty_and_duplicate_key_yaml_are_errors(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml is an empty config; allowed: a mapping of sections"):
+        load_config(str(tmp_path / "empty.yaml"))
+    (tmp_path / "dup.yaml").write_text("base: smoke\ntrain:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'epochs' \(line 4\); allowed: each key once"):
+        load_config(str(tmp_path / "dup.yaml"))
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("train.epochs=true", "train.epochs=true is not allowed"),
+    ("log.progress=null", "log.progress=null is not allowed"),
+    ("optim.lr=[1, 2]", "optim.lr=[1, 2] is not allowed"),
+    ("optim.milestones=[5, 3]", "optim.milestones=[5, 3] is not allowed"),
+])
+def test_error_lines_spell_values_as_yaml(override, shown):
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", [override])
+    assert shown in str(e.value) and "True" not in str(e.value) and "None" not in str(e.value)

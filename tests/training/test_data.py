@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from anodev2.training import data as datamod
 from anodev2.training.data import (NORMALIZATION, ArrayDataset, BatchLoader, DataNotFoundError, augment_batch,
                           default_root, load_datasets)
 
@@ -138,3 +139,30 @@ def test_shared_mnist_loads_single_channel():
     assert train.images.shape == (60000, 1, 28, 28) and len(test) == 100
     assert train.flip is False and train.num_classes == 10
     assert abs(train.images.float().mean().item() / 255 - NORMALIZATION["mnist"][0][0]) < 1e-3
+
+
+def test_data_root_may_name_the_arrays_file_itself(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), "y_train": np.arange(6),
+              "x_test": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), "y_test": np.arange(4)}
+    np.savez(tmp_path / "mine.npz", **arrays)
+    train, test = load_datasets("cifar10", root=str(tmp_path / "mine.npz"), download=False)
+    assert len(train) == 6 and len(test) == 4
+    with pytest.raises(DataNotFoundError, match="names an arrays file that does not exist"):
+        load_datasets("cifar10", root=str(tmp_path / "other.npz"), download=False)
+
+
+def test_a_failed_download_leaves_no_new_directories(tmp_path, monkeypatch):
+    class Offline:
+        def __init__(self, root, train, download):
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)  # as torchvision does first
+            if download:
+                raise OSError("network unreachable")
+            raise RuntimeError("Dataset not found")
+
+    monkeypatch.setattr(datamod, "_torchvision_class", lambda name: Offline)
+    (tmp_path / "kept").mkdir()
+    root = tmp_path / "new" / "data"
+    with pytest.raises(DataNotFoundError, match="network unreachable"):
+        load_datasets("mnist", root=str(root), download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
