@@ -486,7 +486,6 @@ def fmt_ratio(x: Optional[float]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        sys.path.insert(0, str(ROOT))
         print(json.dumps(run_worker(json.loads(sys.argv[2]))))
     else:
         sys.exit("internal worker of experiments/bench_adjoint.py and experiments/memory_time_study.py; "

@@ -21,15 +21,12 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from anodev2 import models  # noqa: E402
-from anodev2.training.run_files import load_checkpoint  # noqa: E402
-from anodev2.training.config import config_from_dict  # noqa: E402
-from anodev2.training.tensorboard import collect_evolution, kernel_grid  # noqa: E402
+from anodev2 import models
+from anodev2.training.run_files import load_checkpoint
+from anodev2.training.config import config_from_dict
+from anodev2.training.tensorboard import collect_evolution, kernel_grid
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, object]:

@@ -43,8 +43,6 @@ from itertools import product
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # write nothing outside --out (no experiments/__pycache__)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Optional
 
 sys.dont_write_bytecode = True  # write nothing outside --out (no experiments/__pycache__)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import _bench_common as bc  # noqa: E402
 
