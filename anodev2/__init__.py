@@ -1,12 +1,14 @@
 """anodev2: coupled neural ODEs with exact checkpointed discrete adjoints (ANODE / ANODEV2).
 
-Public API: :func:`odeint`, :class:`ODEBlock`, :class:`SolveStats`; subpackages
-``solvers``, ``adjoint``, ``evolution``, ``models``.
+Public API: :func:`odeint`, :class:`ODEBlock`, :class:`SolveStats`, the gradient modes
+:class:`Backprop`, :class:`Checkpoint`, :class:`Backsolve`, and :class:`ButcherTableau` for
+user-defined methods; subpackages ``solvers``, ``adjoint``, ``evolution``, ``models``.
 """
+from .adjoint import Backprop, Backsolve, Checkpoint
 from .block import ODEBlock
 from .odeint import odeint
+from .solvers import ButcherTableau
 from .stats import SolveStats
 
-__all__ = ["odeint", "SolveStats", "ODEBlock"]
-__version__ = "0.1.0"
-
+__all__ = ["odeint", "ODEBlock", "SolveStats", "Backprop", "Checkpoint", "Backsolve", "ButcherTableau"]
+__version__ = "0.2.0"

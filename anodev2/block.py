@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .adjoint import GRAD_MODES
+from .adjoint import Checkpoint, Grad, GradMode, get_grad_mode
+from .adjoint.modes import reject_loose_options
 from .evolution import EVOLUTION_KINDS, WeightEvolution, build_evolution
-from .odeint import odeint
-from .solvers import get_tableau
+from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
+from .solvers import ButcherTableau, Method, get_tableau
 from .stats import SolveStats
 
 
@@ -85,7 +86,9 @@ class ODEBlock(nn.Module):
 
     Args:
         f: module mapping ``z -> dz/dt`` (``f(z)`` or ``f(t, z)``), output shape = input shape.
-        steps, method, grad, checkpoints: as in :func:`anodev2.odeint`.
+        steps, method, grad: as in :func:`anodev2.odeint`, with the same defaults (rk4, 4 steps,
+            ``Checkpoint()``); ``grad`` is a name or an object such as
+            ``anodev2.Checkpoint(checkpoints=2, keep_forward=True)``.
         evolution: None (static weights: Neural ODE / ANODE), a kind name
             ("static", "diffusion", "advection", "reaction", "rda") or a
             :class:`~anodev2.evolution.WeightEvolution` whose targets are parameters of ``f``.
@@ -94,42 +97,36 @@ class ODEBlock(nn.Module):
         t0, t1: the block's time interval.
         time_input: override the detection of ``f(t, z)`` vs ``f(z)``.
         record_weights: keep θ(t_n) of the last forward for :meth:`weights_at`.
-        keep_forward: grad="checkpoint" only: keep the forward pass's step states for backward
-            instead of recomputing them (faster; holds them from forward to backward), see
-            :func:`anodev2.odeint`.
+    Attributes:
+        grad_mode: the resolved gradient mode object; ``grad`` is its name, ``checkpoints`` and
+            ``keep_forward`` its checkpoint options (None / False for other modes), ``tableau``
+            the resolved method and ``method`` its name.
     Shapes: input ``[B, ...]`` -> output of the same shape.
     """
 
     def __init__(
         self,
         f: nn.Module,
-        steps: int = 2,
-        method: str = "euler",
-        grad: str = "checkpoint",
-        checkpoints: Optional[int] = None,
+        *,
+        steps: int = DEFAULT_STEPS,
+        method: Method = DEFAULT_METHOD,
+        grad: Grad = DEFAULT_GRAD,
         evolution: Union[None, str, WeightEvolution] = None,
         evolution_targets: Optional[Union[str, Sequence[str]]] = None,
         t0: float = 0.0,
         t1: float = 1.0,
         time_input: Optional[bool] = None,
         record_weights: bool = True,
-        keep_forward: bool = False,
+        **removed,
     ) -> None:
         super().__init__()
+        reject_loose_options("ODEBlock", removed)
         if not isinstance(f, nn.Module):
             raise TypeError(f"f must be an nn.Module, got {type(f).__name__}")
-        get_tableau(method)
-        if grad not in GRAD_MODES:
-            raise ValueError(f"grad={grad!r} is not supported; allowed: {list(GRAD_MODES)}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int)
-                                        or checkpoints < 0):
-            raise ValueError(f"checkpoints must be None or an int >= 0, got {checkpoints!r}")
-        if checkpoints is not None and grad != "checkpoint":
-            raise ValueError(f"checkpoints={checkpoints!r} only applies to grad='checkpoint', not {grad!r}")
-        if keep_forward and grad != "checkpoint":
-            raise ValueError(f"keep_forward=True only applies to grad='checkpoint', not {grad!r}")
+        self.tableau: ButcherTableau = get_tableau(method)
+        self.grad_mode: GradMode = get_grad_mode(grad)
         evo = self._make_evolution(f, evolution, evolution_targets)
         # f and the evolution are the block's own submodules (state-dict keys "f.*", "evolution.*",
         # as for a discrete residual block); the joint vector field refers to them without
@@ -137,12 +134,27 @@ class ODEBlock(nn.Module):
         self.f = f
         self.evolution = evo
         object.__setattr__(self, "field", CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input)))
-        self.steps, self.method, self.grad, self.checkpoints = steps, method, grad, checkpoints
+        self.steps = steps
         self.t0, self.t1 = float(t0), float(t1)
         self.record_weights = record_weights
-        self.keep_forward = bool(keep_forward)
         self.last_stats = SolveStats()
         self._trajectory: list[tuple[Tensor, ...]] = []
+
+    @property
+    def method(self) -> str:
+        return self.tableau.name
+
+    @property
+    def grad(self) -> str:
+        return self.grad_mode.name
+
+    @property
+    def checkpoints(self) -> Optional[int]:
+        return self.grad_mode.checkpoints
+
+    @property
+    def keep_forward(self) -> bool:
+        return isinstance(self.grad_mode, Checkpoint) and self.grad_mode.keep_forward
 
     @staticmethod
     def _make_evolution(f, evolution, targets) -> Optional[WeightEvolution]:
@@ -199,9 +211,8 @@ class ODEBlock(nn.Module):
             y0 = (z, *(params[n] for n in names))
         else:
             y0 = z
-        out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad,
-                     checkpoints=self.checkpoints, params=self._static_params(), stats=self.last_stats,
-                     callback=callback, keep_forward=self.keep_forward)
+        out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
+                     params=self._static_params(), stats=self.last_stats, callback=callback)
         return out[0] if names else out
 
     def weights_at(self) -> dict[str, list[Tensor]]:
@@ -219,5 +230,5 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         evo = self.evolution_kind
-        return (f"steps={self.steps}, method={self.method!r}, grad={self.grad!r}, checkpoints={self.checkpoints}, "
+        return (f"steps={self.steps}, method={self.method!r}, grad={self.grad_mode!r}, "
                 f"t=[{self.t0}, {self.t1}], evolution={evo!r}, evolving={list(self.evolving_names)}")

@@ -217,9 +217,9 @@ def _build(spec: dict):
         model = TdqBlock()
     else:
         grad = "backprop" if mode == "forward" else mode
-        model = anodev2.ODEBlock(f, steps=nt, method=spec["method"], grad=grad,
-                                 checkpoints=spec.get("checkpoints") if grad == "checkpoint" else None,
-                                 keep_forward=bool(spec.get("keep_forward")) and grad == "checkpoint")
+        if grad == "checkpoint":
+            grad = anodev2.Checkpoint(checkpoints=spec.get("checkpoints"), keep_forward=bool(spec.get("keep_forward")))
+        model = anodev2.ODEBlock(f, steps=nt, method=spec["method"], grad=grad)
     x = torch.randn(spec["batch"], c, spec["size"], spec["size"], requires_grad=True)
     return model, f, x
 

@@ -15,10 +15,11 @@ forward-only (``torch.no_grad``) baseline; time = median wall time of ``--repeat
 ``torch.set_num_threads``, printed), and the median process CPU time of the same steps, which
 other processes sharing the cores do not inflate. See ``experiments/_bench_common.py``.
 
-Targets (at Nt = 16, vs torchdiffeq odeint in the same run): checkpoint(all) memory <= 0.2x
-and time <= 1.5x; checkpoint(c=4) memory <= 0.12x; our checkpoint(all) faster than
-torchdiffeq odeint_adjoint; our backprop no slower than torchdiffeq odeint. Time targets are
-judged on wall time and, separately, on CPU time.
+Targets (issue 8; at Nt = 16, vs torchdiffeq odeint in the same run): checkpoint(all) memory
+<= 0.16x; checkpoint(c=4) memory <= 0.11x; checkpoint(all, keep fwd) time <= 1.5x and faster
+than torchdiffeq odeint_adjoint (the input-only checkpoint forward is at its time floor
+(3F+B)/(F+B), about 1.7x, and is only compared with odeint_adjoint); our backprop no slower
+than torchdiffeq odeint. Time targets are judged on wall time and, separately, on CPU time.
 
     python experiments/bench_adjoint.py --out runs/bench_adjoint          # ~7 minutes on 2 cores
     python experiments/bench_adjoint.py --quick --out /tmp/bench           # seconds, numbers meaningless
@@ -120,14 +121,12 @@ def targets(rows: list[dict], nt: int, memory: bool = True) -> list[tuple[str, O
 
     spec = [
         ("checkpoint(all) memory / torchdiffeq odeint",
-         get("checkpoint(all)", "mem_vs_tdq_odeint") if memory else None, 0.2, False),
+         get("checkpoint(all)", "mem_vs_tdq_odeint") if memory else None, 0.16, False),
         ("checkpoint(c=4) memory / torchdiffeq odeint",
-         get("checkpoint(c=4)", "mem_vs_tdq_odeint") if memory else None, 0.12, False),
+         get("checkpoint(c=4)", "mem_vs_tdq_odeint") if memory else None, 0.11, False),
     ]
     for clock, key in (("wall", "time_s"), ("cpu", "cpu_s")):
         spec += [
-            (f"checkpoint(all) {clock} time / torchdiffeq odeint",
-             ratio(get("checkpoint(all)", key), get("torchdiffeq odeint", key)), 1.5, False),
             (f"checkpoint(all) {clock} time / torchdiffeq odeint_adjoint (faster: < 1)",
              ratio(get("checkpoint(all)", key), get("torchdiffeq odeint_adjoint", key)), 1.0, True),
             (f"checkpoint(all, keep fwd) {clock} time / torchdiffeq odeint",

@@ -1,14 +1,13 @@
-"""Gradient modes: backprop (reference), checkpointed discrete adjoint, backsolve (baseline)."""
-from .backprop import solve_backprop
-from .backsolve import solve_backsolve
-from .checkpoint import solve_checkpoint
+"""Gradient modes: backprop (reference), checkpointed discrete adjoint, backsolve (baseline),
+as objects (``Checkpoint(checkpoints=4)``) or shorthand names (``"checkpoint"``)."""
+from .backprop import Backprop
+from .backsolve import Backsolve
+from .checkpoint import Checkpoint
+from .modes import (CHECKPOINT_OPTIONS, GRAD_MODES, Grad, get_grad_mode, reject_loose_options,
+                    with_checkpoint_options)
 from .recompute import frozen_norm_statistics
-from .schedule import (Advance, Free, Reverse, binomial_cost, first_sweep, optimal_split, revolve_schedule,
-                       slots_for)
-from .spec import SolveSpec
+from .schedule import binomial_cost, first_sweep, optimal_split, revolve_schedule, slots_for
+from .spec import GradMode, SolveSpec
 
-GRAD_MODES = ("backprop", "checkpoint", "backsolve")
-
-__all__ = ["GRAD_MODES", "SolveSpec", "solve_backprop", "solve_checkpoint", "solve_backsolve",
-           "binomial_cost", "first_sweep", "optimal_split", "revolve_schedule", "slots_for", "Advance", "Reverse", "Free",
-           "frozen_norm_statistics"]
+__all__ = ["Backprop", "Checkpoint", "Backsolve", "GradMode", "Grad", "GRAD_MODES", "get_grad_mode",
+           "binomial_cost", "first_sweep", "optimal_split", "revolve_schedule", "slots_for"]

@@ -5,31 +5,70 @@ derivative of the computed forward map. With ``Φ_n`` the n-th RK step,
 
     λ_N = ∂J/∂y_N,   λ_n = (∂Φ_n/∂y_n)^T λ_{n+1},   ∇_p J = Σ_n (∂Φ_n/∂p)^T λ_{n+1},
 
-each product being one ``torch.autograd.grad`` over one re-evaluated step. Forward keeps only
-the input ``y_0`` (no graph); backward re-runs the steps without a graph, holding the states
-chosen by the binomial schedule (:mod:`.schedule`), so memory is O(one step's graph + c states).
+each product being one ``torch.autograd.grad`` over one re-evaluated step. With differentiable
+``t0, t1`` the step also depends on them (``h = (t1 - t0)/N``, ``t_n = t0 + n h``) and they are
+differentiated like ``p``: ``∇_{t0,t1} J = Σ_n (∂Φ_n/∂(t0,t1))^T λ_{n+1}``, exact as well.
+Forward keeps only the input ``y_0`` (no graph); backward re-runs the steps without a graph,
+holding the states chosen by the binomial schedule (:mod:`.schedule`), so memory is
+O(one step's graph + c states).
 """
 from __future__ import annotations
 
 import contextlib
+import numbers
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..solvers import integrate
+from ..solvers import State, integrate
 from .recompute import RngLog, autocast_replay, frozen_norm_statistics
 from .schedule import Advance, Free, Reverse, first_sweep, revolve_schedule, slots_for
-from .spec import SolveSpec
+from .spec import GradMode, SolveSpec, Times
+
+
+@dataclass(frozen=True)
+class Checkpoint(GradMode):
+    """The exact discrete adjoint with checkpointing (ANODE).
+
+    Args:
+        checkpoints: ``None`` keeps every step state during backward (fewest recomputed
+            steps: ``steps - 1``); an int ``c >= 0`` holds at most ``c`` states placed by the
+            binomial (revolve) schedule, recomputing ``t(steps, c)`` steps.
+        keep_forward: keep, from the forward pass, the states backward's first sweep would
+            recompute (every state for ``checkpoints=None``, the ``c`` checkpoints otherwise):
+            about ``steps`` fewer step evaluations in backward, at the price of holding those
+            states (one state tensor each) from forward until backward.
+        preserve_rng: re-draw the forward pass's random numbers (dropout) in recomputed steps.
+    """
+
+    checkpoints: Optional[int] = None
+    keep_forward: bool = False
+    preserve_rng: bool = True
+    name = "checkpoint"
+
+    def __post_init__(self) -> None:
+        c = self.checkpoints
+        if c is not None and (isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0):
+            raise ValueError(f"Checkpoint(checkpoints=...) must be None (keep every state) or an int >= 0, got {c!r}")
+        for flag in ("keep_forward", "preserve_rng"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"Checkpoint({flag}=...) must be a bool, got {getattr(self, flag)!r}")
+        if c is not None:
+            object.__setattr__(self, "checkpoints", int(c))
+
+    def solve(self, spec: SolveSpec, y0: State, times: Times, params: tuple[Tensor, ...]) -> State:
+        return _CheckpointAdjoint.apply(spec, self, *y0, *times, *params)
 
 
 class _CheckpointAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: SolveSpec, *inputs: Tensor) -> tuple[Tensor, ...]:
-        y0 = inputs[: spec.n_state]
-        rng = RngLog.for_tensors(y0) if spec.preserve_rng else None
-        keep = set(first_sweep(spec.steps, slots_for(spec.steps, spec.checkpoints))) if spec.keep_forward else set()
-        kept: dict[int, tuple[Tensor, ...]] = {}
+    def forward(ctx, spec: SolveSpec, mode: Checkpoint, *inputs: Tensor) -> State:
+        y0, times, _ = spec.split(inputs)
+        rng = RngLog.for_tensors(y0) if mode.preserve_rng else None
+        keep = set(first_sweep(spec.steps, slots_for(spec.steps, mode.checkpoints))) if mode.keep_forward else set()
+        kept: dict[int, State] = {}
 
         def callback(n, y):
             if n in keep:
@@ -38,10 +77,10 @@ class _CheckpointAdjoint(torch.autograd.Function):
                 spec.callback(n, y)
 
         with torch.no_grad():
-            y1 = integrate(spec.func, y0, spec.t0, spec.h, spec.steps, spec.tableau,
+            y1 = integrate(spec.func, y0, *spec.grid(times), spec.steps, spec.tableau,
                            callback=callback, before_step=rng.record if rng else None)
         spec.stats.forward_evals += spec.steps * spec.tableau.stages
-        ctx.spec, ctx.rng = spec, rng
+        ctx.spec, ctx.mode, ctx.rng = spec, mode, rng
         ctx.autocast = autocast_replay(y0[0].device.type)
         ctx.kept_index = sorted(kept)
         ctx.save_for_backward(*inputs, *(t for n in ctx.kept_index for t in kept[n]))
@@ -55,28 +94,41 @@ class _CheckpointAdjoint(torch.autograd.Function):
         k, n_kept = spec.n_state, len(ctx.kept_index) * spec.n_state
         inputs, flat = saved[: len(saved) - n_kept], saved[len(saved) - n_kept:]
         kept = {n: tuple(flat[i * k:(i + 1) * k]) for i, n in enumerate(ctx.kept_index)}
-        y0, params = inputs[:k], inputs[k:]
+        del saved, flat
         with rng.forked() if rng else contextlib.nullcontext(), frozen_norm_statistics(spec.module), ctx.autocast():
             if torch.is_grad_enabled():  # create_graph=True: differentiate the gradient itself
-                grads = _unrolled_vjp(spec, rng, y0, params, grad_y1)
+                grads = _unrolled_vjp(spec, rng, inputs, grad_y1)
             else:
-                grads = _reverse_sweep(spec, rng, y0, params, grad_y1, kept)
-        return (None, *grads)
+                grads = _reverse_sweep(spec, ctx.mode, rng, inputs, grad_y1, kept)
+        return (None, None, *grads)
 
 
-def _step(spec: SolveSpec, rng: Optional[RngLog], n: int, y):
+def _step(spec: SolveSpec, rng: Optional[RngLog], n: int, y: State, times: Times) -> State:
     if rng is not None:
         rng.restore(n)
-    return spec.step(n, y)
+    return spec.step(n, y, times)
 
 
-def _reverse_sweep(spec, rng, y0, params, grad_y1, kept):
+def _accumulate(buffers: list[Optional[Tensor]], grads) -> None:
+    """Add ``grads`` into ``buffers`` (our own tensors: a gradient autograd returns may alias
+    the incoming adjoint, e.g. when a step's weight ``h b_i`` is 1, so it is never written)."""
+    for i, g in enumerate(grads):
+        if g is not None:
+            if buffers[i] is None:
+                buffers[i] = g.clone(memory_format=torch.contiguous_format)
+            else:
+                buffers[i].add_(g)
+
+
+def _reverse_sweep(spec: SolveSpec, mode: Checkpoint, rng, inputs, grad_y1, kept):
     """The discrete adjoint, one vector–Jacobian product per step, states from the schedule
     (those in ``kept``, from the forward pass, are not recomputed)."""
+    y0, times, params = spec.split(inputs)
     stats, stages = spec.stats, spec.tableau.stages
-    c = slots_for(spec.steps, spec.checkpoints)
-    want = [p for p in params if p.requires_grad]
-    p_grads: list[Optional[Tensor]] = [None] * len(want)
+    c = slots_for(spec.steps, mode.checkpoints)
+    want = [t for t in (*times, *params) if t.requires_grad]  # times and params reached by the VJPs
+    t_det = tuple(t.detach() for t in times)
+    acc: list[Optional[Tensor]] = [None] * len(want)
     lam = tuple(grad_y1)
     held = {0: tuple(y.detach() for y in y0)}
     stored: set[int] = set()  # indices occupying a checkpoint slot
@@ -88,8 +140,9 @@ def _reverse_sweep(spec, rng, y0, params, grad_y1, kept):
                 y = held[action.start]
                 with torch.no_grad():
                     for n in range(action.start, action.stop):
-                        y = _step(spec, rng, n, y)
+                        y = _step(spec, rng, n, y, t_det)
                 held[action.stop] = y
+                del y
                 k = action.stop - action.start
                 stats.recomputed_steps += k
                 stats.backward_steps += k
@@ -98,41 +151,44 @@ def _reverse_sweep(spec, rng, y0, params, grad_y1, kept):
                 stored.add(action.stop)
                 stats.checkpoints_held = max(stats.checkpoints_held, len(stored))
         elif isinstance(action, Reverse):
-            n = action.step
-            with torch.enable_grad():
-                yn = tuple(y.detach().requires_grad_(True) for y in held[n])
-                out = _step(spec, rng, n, yn)
-                g = torch.autograd.grad(out, (*yn, *want), grad_outputs=lam, allow_unused=True)
-            lam = tuple(torch.zeros_like(y) if gi is None else gi for gi, y in zip(g, yn))
-            for i, gi in enumerate(g[len(yn):]):
-                if gi is not None:
-                    p_grads[i] = gi if p_grads[i] is None else p_grads[i].add_(gi)
+            lam = _reverse_step(spec, rng, action.step, held[action.step], times, want, lam, acc)
             stats.backward_steps += 1
             stats.backward_evals += stages
         else:
             assert isinstance(action, Free)
             del held[action.index]
             stored.discard(action.index)
-    it = iter(p_grads)
-    grads_p = [next(it) if p.requires_grad else None for p in params]
+    it = iter(acc)
+    grads_tp = [next(it) if t.requires_grad else None for t in (*times, *params)]
     grads_y = [l if y.requires_grad else None for l, y in zip(lam, y0)]
-    return (*grads_y, *grads_p)
+    return (*grads_y, *grads_tp)
 
 
-def _unrolled_vjp(spec, rng, y0, params, grad_y1):
+def _reverse_step(spec, rng, n, y, times, want, lam, acc) -> State:
+    """λ_n = (∂Φ_n/∂y_n)^T λ_{n+1}; adds (∂Φ_n/∂w)^T λ_{n+1} into ``acc`` for ``w`` in ``want``.
+    Only the returned adjoint outlives the call (the step's graph and output are freed here)."""
+    n_want_t = sum(1 for t in times if t.requires_grad)
+    with torch.enable_grad():
+        yn = tuple(v.detach().requires_grad_(True) for v in y)
+        leaves = tuple(t.detach().requires_grad_(True) for t in times)
+        wrt = (*yn, *(t for t, src in zip(leaves, times) if src.requires_grad), *want[n_want_t:])
+        out = _step(spec, rng, n, yn, leaves)
+        g = torch.autograd.grad(out, wrt, grad_outputs=lam, allow_unused=True)
+    del out
+    _accumulate(acc, g[len(yn):])
+    return tuple(torch.zeros_like(v) if gi is None else gi for gi, v in zip(g, yn))
+
+
+def _unrolled_vjp(spec: SolveSpec, rng, inputs, grad_y1):
     """Double backward: rebuild the unrolled graph once and differentiate it with
     ``create_graph=True`` (exact, O(steps) memory for this rarer case)."""
+    y0, times, _ = spec.split(inputs)
     with torch.enable_grad():
-        y1 = integrate(spec.func, tuple(y0), spec.t0, spec.h, spec.steps, spec.tableau,
+        y1 = integrate(spec.func, y0, *spec.grid(times), spec.steps, spec.tableau,
                        before_step=rng.restore if rng else None)
-        wrt = [t for t in (*y0, *params) if t.requires_grad]
+        wrt = [t for t in inputs if t.requires_grad]
         g = torch.autograd.grad(y1, wrt, grad_outputs=grad_y1, create_graph=True, allow_unused=True)
     spec.stats.backward_steps += spec.steps
     spec.stats.backward_evals += spec.steps * spec.tableau.stages
     it = iter(g)
-    return tuple(next(it) if t.requires_grad else None for t in (*y0, *params))
-
-
-def solve_checkpoint(spec: SolveSpec, y0: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Integrate with the checkpointed discrete adjoint attached for backward."""
-    return _CheckpointAdjoint.apply(spec, *y0, *params)
+    return tuple(next(it) if t.requires_grad else None for t in inputs)

@@ -1,14 +1,18 @@
-"""What a gradient mode needs to know about one solve."""
+"""What a gradient mode needs to know about one solve, and the interface every mode implements."""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..solvers import ButcherTableau, StepCallback, VectorField, rk_step
+from ..solvers import ButcherTableau, State, StepCallback, Time, VectorField, rk_step
 from ..stats import SolveStats
+
+#: ``(t0, t1)`` as tensors when the gradient with respect to the interval is wanted, else ``()``.
+Times = tuple[Tensor, ...]
 
 
 @dataclass
@@ -18,8 +22,9 @@ class SolveSpec:
     ``func`` takes and returns tuples of tensors (normalised by :func:`anodev2.odeint`);
     ``module`` is the ``nn.Module`` behind it, if any (its BatchNorm statistics are frozen
     during recomputation); ``n_state`` is the number of state tensors among the inputs of the
-    autograd Functions, the rest being parameters. ``keep_forward`` (checkpoint mode) keeps the
-    states of the schedule's first sweep from the forward pass instead of recomputing them.
+    autograd Functions. Those inputs are laid out ``(*y0, *times, *params)``, where ``times``
+    is ``(t0, t1)`` as tensors if ``time_grad`` (gradients with respect to the interval are
+    wanted), else empty.
     """
 
     func: VectorField
@@ -30,15 +35,44 @@ class SolveSpec:
     n_state: int
     stats: SolveStats
     module: Optional[nn.Module] = None
-    checkpoints: Optional[int] = None
-    preserve_rng: bool = True
-    keep_forward: bool = False
     callback: Optional[StepCallback] = None
+    time_grad: bool = False
 
     @property
     def h(self) -> float:
         return (self.t1 - self.t0) / self.steps
 
-    def step(self, n: int, y: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def split(self, inputs: tuple[Tensor, ...]) -> tuple[State, Times, tuple[Tensor, ...]]:
+        """``(y0, times, params)`` of the autograd Functions' flat inputs."""
+        k, m = self.n_state, self.n_state + (2 if self.time_grad else 0)
+        return tuple(inputs[:k]), tuple(inputs[k:m]), tuple(inputs[m:])
+
+    def grid(self, times: Times = ()) -> tuple[Time, Time]:
+        """``(t0, h)``: floats, or 0-dim float64 tensors in the graph of ``times`` when given
+        (``h = (t1 - t0) / steps``, ``t_n = t0 + n h``: the grid is a function of t0 and t1)."""
+        if not times:
+            return self.t0, self.h
+        t0, t1 = (t.reshape(()).to(torch.float64) for t in times)
+        return t0, (t1 - t0) / self.steps
+
+    def step(self, n: int, y: State, times: Times = ()) -> State:
         """Step ``n`` (from ``t_n`` to ``t_{n+1}``) of the solve."""
-        return rk_step(self.func, self.t0 + n * self.h, y, self.h, self.tableau)
+        t0, h = self.grid(times)
+        return rk_step(self.func, t0 + n * h, y, h, self.tableau)
+
+
+class GradMode(abc.ABC):
+    """How :func:`anodev2.odeint` differentiates a solve. Implementations are small frozen
+    dataclasses that validate their options once, on construction, and own their ``solve``."""
+
+    #: the shorthand string that resolves to this mode (``grad="checkpoint"``).
+    name: ClassVar[str]
+
+    @property
+    def checkpoints(self) -> Optional[int]:
+        """Checkpoint slots requested (``None``: every state, or not a checkpointing mode)."""
+        return None
+
+    @abc.abstractmethod
+    def solve(self, spec: SolveSpec, y0: State, times: Times, params: tuple[Tensor, ...]) -> State:
+        """Integrate ``y0`` over ``spec`` and return ``y(t1)`` with this mode's backward attached."""

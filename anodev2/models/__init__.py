@@ -33,9 +33,11 @@ Variants (``VARIANTS``) and their defaults (ODE blocks integrate ``[0, 1]`` with
   SqueezeNext; on 1x1 kernels diffusion and advection vanish identically, so their coefficients
   would be dead parameters). ``evolution_targets=None`` given explicitly: every conv weight.
 
-Options: ``steps``, ``method``, ``grad``, ``checkpoints``, ``evolution``, ``evolution_targets``
-override the variant's ODE defaults (``build("resnet4", "anode", grad="backprop")`` is the same
-network differentiated by autograd); they are a ValueError for ``baseline``. ``width`` (channel
+Options: ``steps``, ``method``, ``grad``, ``checkpoints``, ``keep_forward``, ``evolution``,
+``evolution_targets`` override the variant's ODE defaults (``build("resnet4", "anode",
+grad="backprop")`` is the same network differentiated by autograd); they are a ValueError for
+``baseline``. ``grad`` takes a name or an object (``grad=anodev2.Checkpoint(checkpoints=2)``);
+``checkpoints`` and ``keep_forward`` are the same checkpoint options spelled flat (for configs). ``width`` (channel
 multiplier, for tiny test networks) and ``norm`` ("batch" | "group") apply to every network.
 
 Normalisation: BatchNorm by default, one BatchNorm per layer of ``f`` shared across all time
@@ -108,8 +110,9 @@ def build(name: str, variant: str, num_classes: int = 10, in_channels: int = 3, 
         name: one of ``MODELS`` ("resnet4", "resnet10", "resnet18", "alexnet", "sqnxt23").
         variant: one of ``VARIANTS`` ("baseline", "neuralode", "anode", "anodev2").
         num_classes, in_channels: ints >= 1.
-        **options: ``steps``, ``method``, ``grad``, ``checkpoints``, ``evolution``,
-            ``evolution_targets`` (ODE variants only; passed to ``anodev2.ODEBlock``),
+        **options: ``steps``, ``method`` (name or ``ButcherTableau``), ``grad`` (name or
+            ``anodev2.Checkpoint(...)`` etc.), ``checkpoints``, ``keep_forward`` (flat checkpoint
+            options), ``evolution``, ``evolution_targets`` (ODE variants only),
             ``width`` (channel multiplier, default 1.0), ``norm`` ("batch" or "group").
 
     Raises:

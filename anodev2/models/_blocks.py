@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from ..adjoint import with_checkpoint_options
 from ..block import ODEBlock
 from ..evolution import EVOLUTION_KINDS
 
@@ -45,14 +46,18 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("baseline", "neuralode", "anode", "anodev2")
-#: keyword options forwarded to every ``anodev2.ODEBlock`` (override the variant's defaults).
-ODE_OPTIONS: tuple[str, ...] = ("steps", "method", "grad", "checkpoints", "evolution", "evolution_targets")
+#: keyword options of every ODE block (override the variant's defaults). ``grad`` is a name or an
+#: object (``anodev2.Checkpoint(...)``); the flat ``checkpoints`` / ``keep_forward`` (for flat
+#: configurations) are folded into it by ``anodev2.adjoint.with_checkpoint_options``.
+ODE_OPTIONS: tuple[str, ...] = ("steps", "method", "grad", "checkpoints", "keep_forward", "evolution",
+                                "evolution_targets")
 #: keyword options understood by every network.
 COMMON_OPTIONS: tuple[str, ...] = ("width", "norm")
 NORMS: tuple[str, ...] = ("batch", "group")
 
 _ODE_BASE: dict[str, Any] = {
-    "steps": 2, "method": "euler", "checkpoints": None, "evolution": None, "evolution_targets": None,
+    "steps": 2, "method": "euler", "checkpoints": None, "keep_forward": False, "evolution": None,
+    "evolution_targets": None,
 }
 VARIANT_DEFAULTS: dict[str, Optional[dict[str, Any]]] = {
     "baseline": None,
@@ -87,7 +92,8 @@ class BlockSpec:
 
     Attributes:
         variant: one of ``VARIANTS``.
-        ode: keyword arguments for ``anodev2.ODEBlock`` (None for ``baseline``).
+        ode: keyword arguments for ``anodev2.ODEBlock`` (None for ``baseline``); ``grad`` is
+            the resolved gradient-mode object.
         width: channel multiplier (> 0).
         norm: "batch" (default) or "group" (see ``anodev2.models`` docstring, "Normalisation").
         spatial_targets: evolve only :func:`spatial_conv_weights` of each f (the default
@@ -150,7 +156,8 @@ def resolve(variant: str, options: Mapping[str, Any]) -> BlockSpec:
     Raises:
         ValueError: unknown variant or option; an ODE option for ``baseline``;
             ``evolution_targets`` without an evolution; an ``evolution`` that is not a kind
-            name; ``checkpoints`` with a grad other than "checkpoint"; a ``norm`` not in ``NORMS``.
+            name; ``checkpoints`` / ``keep_forward`` with a grad other than "checkpoint"; a ``norm``
+            not in ``NORMS``.
     """
     if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {VARIANTS}")
@@ -185,9 +192,7 @@ def resolve(variant: str, options: Mapping[str, Any]) -> BlockSpec:
             f"evolution_targets given but evolution is None for variant {variant!r}: choose an "
             "evolution ('static', 'diffusion', 'advection', 'reaction', 'rda') or drop evolution_targets"
         )
-    if ode["checkpoints"] is not None and ode["grad"] != "checkpoint":
-        raise ValueError(
-            f"checkpoints={ode['checkpoints']!r} only applies to grad='checkpoint', got grad={ode['grad']!r}"
-        )
+    ode["grad"] = with_checkpoint_options(ode["grad"], checkpoints=ode.pop("checkpoints"),
+                                          keep_forward=ode.pop("keep_forward"))
     spatial = "evolution_targets" not in given and ode["evolution"] is not None
     return BlockSpec(variant, ode, width, norm, spatial)

@@ -31,8 +31,10 @@ def _problem(seed=0):
 
 def _grads(grad, method, steps, checkpoints=None, t0=0.0, t1=1.0, stats=None):
     f, y0, params = _problem()
+    if grad == "checkpoint":
+        grad = anodev2.Checkpoint(checkpoints=checkpoints)
     z1, w1 = anodev2.odeint(f, y0, t0, t1, steps=steps, method=method, grad=grad,
-                            checkpoints=checkpoints, params=params, stats=stats)
+                            params=params, stats=stats)
     loss = (z1 ** 2).sum() + (w1 * torch.cos(w1)).sum()
     return torch.autograd.grad(loss, [*y0, *params])
 
@@ -90,7 +92,7 @@ def test_gradcheck_tiny():
     y0 = torch.randn(1, 2, dtype=D, requires_grad=True)
     for c in (None, 0, 1):
         fn = lambda y, w, b: anodev2.odeint(lambda t, x: torch.tanh(x @ w.T + b), y, steps=3, method="rk4",
-                                            grad="checkpoint", checkpoints=c, params=(w, b))
+                                            grad=anodev2.Checkpoint(c), params=(w, b))
         assert torch.autograd.gradcheck(fn, (y0, lin.weight, lin.bias))
         assert torch.autograd.gradgradcheck(fn, (y0, lin.weight, lin.bias))
 
@@ -99,8 +101,8 @@ def test_double_backward_equals_backprop():
     res = {}
     for grad in ("backprop", "checkpoint"):
         f, y0, params = _problem()
-        z1, w1 = anodev2.odeint(f, y0, steps=4, method="heun", grad=grad, checkpoints=1 if grad == "checkpoint" else None,
-                                params=params)
+        z1, w1 = anodev2.odeint(f, y0, steps=4, method="heun", params=params,
+                                grad=anodev2.Checkpoint(checkpoints=1) if grad == "checkpoint" else grad)
         loss = (z1 ** 2).sum() + w1.sum()
         g = torch.autograd.grad(loss, [y0[0], params[0]], create_graph=True)
         penalty = sum((gi ** 2).sum() for gi in g)
@@ -119,7 +121,7 @@ def test_backsolve_has_no_double_backward():
 def test_params_without_grad_and_unused_outputs():
     f, (z0, w0), (A, b) = _problem()
     A.requires_grad_(False)
-    z1, w1 = anodev2.odeint(f, (z0, w0), steps=3, grad="checkpoint", checkpoints=0, params=(A, b))
+    z1, w1 = anodev2.odeint(f, (z0, w0), steps=3, grad=anodev2.Checkpoint(0), params=(A, b))
     gz, gw, gb = torch.autograd.grad(z1.sum(), [z0, w0, b])  # w1 unused: zero cotangent
     f2, (z0b, w0b), (A2, b2) = _problem()
     A2.requires_grad_(False)
@@ -179,8 +181,8 @@ def test_keep_forward_skips_the_first_sweep_with_the_same_gradient(method):
         for c in (None, 0, 1, 3):
             f, y0, params = _problem()
             st = SolveStats()
-            z1, w1 = anodev2.odeint(f, y0, steps=steps, method=method, grad="checkpoint", checkpoints=c,
-                                    params=params, stats=st, keep_forward=True)
+            z1, w1 = anodev2.odeint(f, y0, steps=steps, method=method, params=params, stats=st,
+                                    grad=anodev2.Checkpoint(checkpoints=c, keep_forward=True))
             got = torch.autograd.grad((z1 ** 2).sum() + (w1 * torch.cos(w1)).sum(), [*y0, *params])
             for a, b in zip(got, ref):
                 assert rel_err(a, b) < 1e-10, (steps, c)
@@ -188,5 +190,5 @@ def test_keep_forward_skips_the_first_sweep_with_the_same_gradient(method):
             sweep = first_sweep(steps, slots)
             assert st.recomputed_steps == binomial_cost(steps, slots) - (sweep[-1] if sweep else 0)
             assert st.checkpoints_held <= slots
-    with pytest.raises(ValueError, match="keep_forward=True only applies to grad='checkpoint'"):
+    with pytest.raises(TypeError, match=r"no longer takes \['keep_forward'\].*grad=anodev2.Checkpoint\(keep_forward=True\)"):
         anodev2.odeint(f, y0, grad="backprop", params=params, keep_forward=True)

@@ -47,7 +47,7 @@ def train_step(block, x, seed=0):
 def test_block_gradients_equal_backprop(evolution, method, steps, checkpoints):
     x = torch.randn(2, 4, 5, 5, dtype=D)
     ref_block = make_block(evolution=evolution, method=method, steps=steps, grad="backprop")
-    blk = make_block(evolution=evolution, method=method, steps=steps, grad="checkpoint", checkpoints=checkpoints)
+    blk = make_block(evolution=evolution, method=method, steps=steps, grad=anodev2.Checkpoint(checkpoints))
     y_ref, g_ref = train_step(ref_block, x)
     y, g = train_step(blk, x)
     assert torch.equal(y, y_ref)
@@ -137,8 +137,8 @@ def test_dropout_masks_are_reused_in_recomputation():
     x = torch.randn(2, 4, 5, 5, dtype=D)
     res = {}
     for grad in ("backprop", "checkpoint"):
-        blk = make_block(evolution="rda", steps=3, method="rk4", grad=grad, dropout=0.5,
-                         checkpoints=1 if grad == "checkpoint" else None)
+        blk = make_block(evolution="rda", steps=3, method="rk4", dropout=0.5,
+                         grad=anodev2.Checkpoint(checkpoints=1) if grad == "checkpoint" else grad)
         res[grad] = train_step(blk, x, seed=7)
         res[grad + "_rng"] = torch.rand(3)  # the global stream continues identically
     y_a, g_a = res["backprop"]
@@ -218,7 +218,7 @@ def test_bad_inputs():
         ODEBlock(f, grad="adjoint")
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
         ODEBlock(f, steps=0)
-    with pytest.raises(ValueError, match="checkpoints=3 only applies"):
+    with pytest.raises(TypeError, match=r"ODEBlock\(\) no longer takes \['checkpoints'\].*Checkpoint\(checkpoints=3\)"):
         ODEBlock(f, grad="backsolve", checkpoints=3)
 
     class ThreeArgs(nn.Module):
@@ -266,10 +266,11 @@ def test_state_dict_keys_and_device_moves_keep_the_field_consistent():
 def test_keep_forward_block_equals_backprop_with_batchnorm_and_dropout():
     x = torch.randn(2, 4, 5, 5, dtype=D)
     y_ref, g_ref = train_step(make_block(evolution="rda", steps=4, method="rk4", grad="backprop", dropout=0.3), x, 3)
-    blk = make_block(evolution="rda", steps=4, method="rk4", grad="checkpoint", dropout=0.3, keep_forward=True)
+    blk = make_block(evolution="rda", steps=4, method="rk4", dropout=0.3,
+                     grad=anodev2.Checkpoint(keep_forward=True))
     y, g = train_step(blk, x, 3)
     assert torch.equal(y, y_ref)
     assert all(rel_err(a, b) < 1e-10 for a, b in zip(g, g_ref))
     assert blk.last_stats.recomputed_steps == 0  # every state came from the forward pass
-    with pytest.raises(ValueError, match="keep_forward=True only applies"):
+    with pytest.raises(TypeError, match="no longer takes"):
         ODEBlock(make_f(), grad="backprop", keep_forward=True)

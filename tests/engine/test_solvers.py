@@ -67,8 +67,43 @@ def test_aliases_and_tableau_consistency():
     assert get_tableau("rk2") is get_tableau("midpoint")
     for name, tab in TABLEAUX.items():
         assert len(tab.b) == tab.stages and abs(sum(tab.b) - 1) < 1e-14
-    with pytest.raises(ValueError, match="sum to c"):
+    with pytest.raises(ValueError, match=r"c\[1\] = 0.5 but row 1 of a sums to 0.3"):
         ButcherTableau("bad", 1, a=((), (0.3,)), b=(0.5, 0.5), c=(0.0, 0.5))
+
+
+RALSTON3 = dict(a=((), (0.5,), (0.0, 0.75)), b=(2 / 9, 1 / 3, 4 / 9), c=(0.0, 0.5, 0.75))
+
+
+def test_user_tableau_is_a_method_value():
+    """A new method is a value: Ralston's third-order tableau converges at order 3 through odeint."""
+    tab = ButcherTableau("ralston3", 3, **RALSTON3)
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    errs = [(anodev2.odeint(_rotation, y0, 0.0, 1.5, steps=n, method=tab, grad="backprop") - _exact(y0, 1.5))
+            .abs().max().item() for n in (16, 32)]
+    assert abs(math.log2(errs[0] / errs[1]) - 3) < 0.15
+    blk = anodev2.ODEBlock(torch.nn.Identity(), method=tab, steps=2)
+    assert blk.tableau is tab and blk.method == "ralston3"
+
+
+@pytest.mark.parametrize("order,kwargs,msg", [
+    (4, RALSTON3, r"declares order 4 but fails the order-4 condition sum\(b c\^3\) = 1/4"),
+    (2, dict(a=((), (0.5,)), b=(0.5, 0.5), c=(0.0, 0.5)), r"order-2 condition sum\(b c\) = 1/2"),
+    (1, dict(a=((), (1.0,)), b=(0.5, 0.6), c=(0.0, 1.0)), r"order-1 condition sum\(b\) = 1"),
+    (1, dict(a=((), (1.0, 0.0)), b=(0.5, 0.5), c=(0.0, 1.0)), r"row 1 of a has 2 entries.*strictly lower"),
+    (1, dict(a=((),), b=(0.5, 0.5), c=(0.0, 1.0)), r"same number .* of stages"),
+    (5, RALSTON3, r"order must be an int in 1..4"),
+])
+def test_bad_tableau_names_the_failed_condition(order, kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        ButcherTableau("bad", order, **kwargs)
+
+
+def test_order_conditions_hold_for_the_builtin_tableaux():
+    # rebuilding each with its declared order re-runs every condition up to that order
+    for tab in TABLEAUX.values():
+        assert ButcherTableau(tab.name, tab.order, tab.a, tab.b, tab.c) == tab
+    with pytest.raises(ValueError, match="order-3 condition"):  # Heun is exactly second order
+        ButcherTableau("heun", 3, TABLEAUX["heun"].a, TABLEAUX["heun"].b, TABLEAUX["heun"].c)
 
 
 def test_one_evaluation_per_stage():
@@ -83,8 +118,9 @@ BAD = [
     (dict(grad="adjoint"), ValueError, r"grad='adjoint'.*allowed.*backprop.*checkpoint.*backsolve"),
     (dict(steps=0), ValueError, r"steps must be an int >= 1"),
     (dict(steps=2.5), ValueError, r"steps must be an int >= 1"),
-    (dict(checkpoints=-1), ValueError, r"checkpoints must be None.*int >= 0"),
-    (dict(checkpoints=2, grad="backprop"), ValueError, r"checkpoints=2 only applies to grad='checkpoint'"),
+    (dict(checkpoints=2, grad="backprop"), TypeError, r"no longer takes \['checkpoints'\].*Checkpoint\(checkpoints=2\)"),
+    (dict(preserve_rng=False), TypeError, r"Checkpoint\(preserve_rng=False\)"),
+    (dict(stepz=2), TypeError, r"unexpected keyword argument\(s\) \['stepz'\]"),
     (dict(t1=float("nan")), TypeError, r"t1 must be a finite real"),
 ]
 
