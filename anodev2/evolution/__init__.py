@@ -5,7 +5,9 @@ Public API::
     EVOLUTION_KINDS = ("static", "diffusion", "advection", "reaction", "rda")
     evo = build_evolution(kind, {"conv1.weight": torch.Size([O, I, k, k]), ...}, **options)
     dthetas = evo(t, thetas)        # tuple in, tuple out, same shapes (no batch dim)
-    evo.coefficients()              # {"conv1.weight/diffusion": Tensor[O], ...} for logging
+    evo.coefficients()              # {"conv1.weight/diffusion": Tensor[O], ...} effective values
+    evo.set_coefficients({"conv1.weight/diffusion": 0.1})  # exact; out of bound -> ValueError
+    evo.bounds()                    # {"diffusion": (0.0, 0.125), ...}
 
 Zhang et al. 2019, arXiv 1906.04596; our operator is described in ``rda``.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from .base import StaticEvolution, WeightEvolution, safe_key
-from .operators import grad_x, grad_y, laplacian, laplacian_and_gradients
+from .operators import STENCILS, neumann_laplacian, stencil_matrices, upwind_advection
 from .rda import RDA_KINDS, RDA_OPTIONS, RDA_TERMS, RDAEvolution, check_options
 
 __all__ = [
@@ -26,10 +28,10 @@ __all__ = [
     "WeightEvolution",
     "StaticEvolution",
     "RDAEvolution",
-    "laplacian",
-    "grad_x",
-    "grad_y",
-    "laplacian_and_gradients",
+    "STENCILS",
+    "stencil_matrices",
+    "neumann_laplacian",
+    "upwind_advection",
     "safe_key",
 ]
 
@@ -45,7 +47,7 @@ def build_evolution(
         kind: one of ``EVOLUTION_KINDS``.
         target_shapes: ordered ``{parameter name (relative to f): shape}``; every shape must be
             a 4-D conv weight ``[O, I, kH, kW]``.
-        **options: ``d_max``, ``a_max``, ``d_init``, ``init_scale`` (see ``RDAEvolution``);
+        **options: ``d_max``, ``a_max``, ``r_max``, ``init_scale`` (see ``RDAEvolution``);
             validated for every kind, unused by "static".
 
     Returns:

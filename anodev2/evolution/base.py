@@ -108,8 +108,18 @@ class WeightEvolution(nn.Module):
         raise NotImplementedError
 
     def coefficients(self) -> dict[str, torch.Tensor]:
-        """Detached effective coefficients for logging: ``{"<target>/<term>": Tensor[O]}``."""
+        """Detached effective coefficients: ``{"<target>/<term>": Tensor[O]}``."""
         return {}
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """``{term: (low, high)}``: the closed interval each coefficient term is kept in."""
+        return {}
+
+    def set_coefficients(self, mapping: Mapping[str, object]) -> None:
+        """Set effective coefficients exactly from ``{"<target>/<term>": value}``; a kind without
+        coefficients accepts only an empty mapping."""
+        if mapping:
+            raise ValueError(f"evolution kind {self.kind!r} has no coefficients; got keys {sorted(mapping)}")
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, targets={self.targets}"

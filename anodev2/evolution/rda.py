@@ -1,45 +1,59 @@
 """Reaction-diffusion-advection (RDA) weight evolutions.
 
-For a conv weight ``W`` of shape ``[O, I, kH, kW]`` each ``kH x kW`` slice is a field
-on a grid with unit spacing and zero-flux boundaries (see ``operators``):
+For a conv weight ``W`` of shape ``[O, I, kH, kW]`` each ``kH x kW`` slice is a field on a grid
+of unit cells (see ``operators``):
 
-    q(W) = D ⊙ ΔW + (a_x ⊙ ∂xW + a_y ⊙ ∂yW) + r ⊙ tanh(W)
+    q(W) = D ⊙ L W  +  A(a_x, a_y) W  +  r ⊙ tanh(W)
 
-with per-output-channel coefficients (shape ``[O]``, broadcast as ``[O, 1, 1, 1]``):
+with per-output-channel coefficients ``D, a_x, a_y, r`` (shape ``[O]``, broadcast over
+``[O, I, kH, kW]``): ``L`` the zero-flux 5-point Laplacian, ``A`` first-order upwind periodic
+advection in flux form with velocity ``(a_x, a_y)``, and a bounded reaction ``r tanh(W)``.
 
-* ``D   = d_max * sigmoid(raw_D)``   in (0, d_max)   (diffusion)
-* ``a_* = a_max * tanh(raw_a*)``     in (-a_max, a_max) (advection; x = last dim)
-* ``r   = raw_r``                    unbounded; |r ⊙ tanh(W)| <= |r| (reaction)
+**Stability.** With ``h`` the step of the block's solver, every Euler step of the linear part
+is ``W + h(D L + A) W``: its matrix has diagonal ``>= 1 - h(4D + |a_x| + |a_y|)``, non-negative
+off-diagonal entries and rows and columns summing to 1 (doubly stochastic). Hence for
 
-Sign: ``+a·∇W`` is the transport equation ``W_t = -v·∇W`` with velocity ``v = -a``,
-i.e. a positive ``a_x`` moves the kernel pattern towards smaller column index.
+    4·D + |a_x| + |a_y| <= 1/h                                                          (*)
 
-Stability bound: forward Euler on ``W' = D ΔW`` with the 5-point stencil and unit
-spacing gives ``W_{n+1} = (1 - 4hD) W + hD Σ_neighbours W`` (zero-flux ghosts count
-as the point itself), a convex combination - so max/min cannot grow (discrete
-maximum principle) - iff ``h·D <= 1/4``. With the default ``d_max = 0.25`` this holds
-for every step ``h <= 1`` (e.g. ``t1 - t0 = 1`` with any number of steps). For RK4
-the real-axis stability bound is ``h·D <= 2.785/8 ≈ 0.35``.
+each step is a convex combination of a slice's entries (max/min principle, max-norm
+non-increasing) that conserves the slice's sum. The defaults ``d_max = 1/8``, ``a_max = 1/4``
+give (*) for every ``h <= 1``. The same bound holds for every method of ``anodev2.solvers``
+(euler, midpoint/rk2, heun, rk4): each is an s-stage method of order s, so its step matrix is
+the truncated Taylor polynomial ``P(hM) = sum_{j<=s} (hM)^j / j!``, whose threshold factor is 1
+(Kraaijevanger 1986): ``P`` has non-negative coefficients in ``I + hM``. The reaction is bounded
+by ``|r| <= r_max = 1``: ``W + h r tanh(W)`` keeps the sign of ``W`` and ``|W|`` grows by at
+most a factor ``1 + h`` for ``h <= 1``.
 
-Initialisation (near zero, so the block starts close to a static-weight ODE):
-``D = d_init`` exactly; ``a_x, a_y ≈ init_scale·N(0,1)`` and ``r = init_scale·N(0,1)``,
-drawn from torch's global RNG (deterministic given ``torch.manual_seed``).
+**Parameterisation.** Coefficients are stored as themselves (identity map: a gradient step of
+size ``δ`` moves a coefficient by ``δ`` at every value, no saturated map) and kept inside their
+closed bounds by projection: after a parameter changes in place (an optimiser step, detected
+through ``Tensor._version``), the next forward clamps it into its bounds before use - projected
+gradient descent. Zero is an allowed value of every term and gives ``q ≡ 0`` exactly.
 
-The operator of Zhang et al. 2019 (ANODEV2, arXiv 1906.04596, Sec. 3) could not be
-retrieved in print; this is our concrete choice (see DESIGN.md "Weight evolution").
+**Cost.** Targets with the same kernel size share one coefficient tensor ``[terms, ΣO]`` and
+are evolved together: one concatenation, one matmul with the fixed stencil matrices, one
+batched contraction with the coefficients, one ``tanh`` and one ``addcmul``, whatever the number
+of targets.
+
+Initialisation: ``init_scale = 0`` (default) starts every coefficient at 0, so an ANODEV2 block
+starts as the ANODE block with the same weights and draws nothing from the RNG; ``init_scale >
+0`` draws ``D = init_scale·|N(0,1)|`` and ``a, r = init_scale·N(0,1)`` (clamped to the bounds).
+
+The operator of Zhang et al. 2019 (ANODEV2, arXiv 1906.04596, Sec. 3) is not given in print in
+closed form; this is our concrete choice (docs/EVOLUTION.md).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
-from .base import WeightEvolution, check_conv_shapes, safe_key
-from .operators import laplacian_and_gradients
+from .base import WeightEvolution, check_conv_shapes
+from .operators import stencil_matrices
 
 __all__ = ["RDAEvolution", "RDA_KINDS", "RDA_TERMS", "RDA_OPTIONS", "check_options"]
 
@@ -53,30 +67,54 @@ RDA_TERMS: dict[str, tuple[str, ...]] = {
 RDA_KINDS: tuple[str, ...] = tuple(RDA_TERMS)
 
 #: keyword options of ``RDAEvolution`` / ``build_evolution`` and their defaults.
-RDA_OPTIONS: dict[str, float] = {"d_max": 0.25, "a_max": 0.25, "d_init": 1e-3, "init_scale": 1e-3}
+RDA_OPTIONS: dict[str, float] = {"d_max": 0.125, "a_max": 0.25, "r_max": 1.0, "init_scale": 0.0}
+
+#: stencil index (in ``operators.STENCILS``) and coefficient of each linear term: (term, |.|?).
+_LINEAR: dict[str, tuple[tuple[int, bool], ...]] = {
+    "diffusion": ((0, False),),
+    "advection_x": ((1, False), (2, True)),
+    "advection_y": ((3, False), (4, True)),
+}
 
 
-def check_options(options: Mapping[str, object]) -> dict[str, float]:
-    """Validate RDA options; return the full option dict with defaults filled in."""
+def check_options(options: Mapping[str, object], terms: Sequence[str] = RDA_TERMS["rda"]) -> dict[str, float]:
+    """Validate RDA options for a kind learning ``terms``; return them with defaults filled in.
+
+    Raises ValueError when the bounds break the stability condition (*) for steps ``h <= 1``:
+    ``4·d_max + 2·a_max <= 1`` (counting only the terms learned) and ``r_max <= 1``.
+    """
     unknown = sorted(set(options) - set(RDA_OPTIONS))
     if unknown:
-        raise TypeError(
-            f"unknown weight-evolution option(s) {unknown}; allowed: {sorted(RDA_OPTIONS)}"
-        )
+        raise TypeError(f"unknown weight-evolution option(s) {unknown}; allowed: {sorted(RDA_OPTIONS)}")
     out = dict(RDA_OPTIONS)
     for key, value in options.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise TypeError(f"option {key} must be a finite real number, got {value!r}")
         out[key] = float(value)
-    if out["d_max"] <= 0:
-        raise ValueError(f"d_max must be > 0, got {out['d_max']}")
-    if out["a_max"] <= 0:
-        raise ValueError(f"a_max must be > 0, got {out['a_max']}")
-    if not 0 < out["d_init"] < out["d_max"]:
-        raise ValueError(f"d_init must satisfy 0 < d_init < d_max={out['d_max']}, got {out['d_init']}")
+    for key in ("d_max", "a_max", "r_max"):
+        if out[key] <= 0:
+            raise ValueError(f"{key} must be > 0, got {out[key]}")
     if out["init_scale"] < 0:
         raise ValueError(f"init_scale must be >= 0, got {out['init_scale']}")
+    rate = 4 * out["d_max"] * ("diffusion" in terms) + 2 * out["a_max"] * ("advection_x" in terms)
+    if rate > 1:
+        raise ValueError(
+            f"d_max={out['d_max']}, a_max={out['a_max']} give 4·d_max + 2·a_max = {rate:g} > 1 for terms "
+            f"{tuple(terms)}: explicit steps h <= 1 would no longer be convex combinations (maximum principle)"
+        )
+    if out["r_max"] > 1:
+        raise ValueError(f"r_max must be <= 1 so that h·|r| <= 1 for steps h <= 1, got {out['r_max']}")
     return out
+
+
+class _Group:
+    """Targets sharing one kernel size ``(kH, kW)``: their indices and channel offsets."""
+
+    def __init__(self, key: str, size: tuple[int, int]):
+        self.key, self.size = key, size
+        self.members: list[int] = []  # target indices
+        self.offsets: list[int] = [0]  # channel offsets in the group's coefficient tensor
+        self.rows: list[int] = []  # channel of every [O*I] row, in concatenation order
 
 
 class RDAEvolution(WeightEvolution):
@@ -85,92 +123,167 @@ class RDAEvolution(WeightEvolution):
     Args:
         kind: one of ``RDA_KINDS`` = ("diffusion", "advection", "reaction", "rda").
         target_shapes: ``{parameter name: [O, I, kH, kW]}``; names may contain '.'.
-        d_max: diffusion bound (default 0.25: explicit Euler stable for step <= 1).
-        a_max: advection bound (default 0.25).
-        d_init: initial diffusion coefficient, ``0 < d_init < d_max`` (default 1e-3).
-        init_scale: std of the initial advection/reaction coefficients (default 1e-3).
+        d_max: diffusion bound, ``0 <= D <= d_max`` (default 1/8).
+        a_max: advection bound, ``|a_x|, |a_y| <= a_max`` (default 1/4).
+        r_max: reaction bound, ``|r| <= r_max <= 1`` (default 1).
+        init_scale: scale of the random initial coefficients (default 0: all zero).
 
-    Parameters: ``raw[term][safe_key(name)]`` of shape ``[O]`` for each target and each
-    term in ``RDA_TERMS[kind]``: ``len(RDA_TERMS[kind]) * O`` numbers per target.
+    Parameters: ``raw["k{kH}x{kW}"]`` of shape ``[len(terms), ΣO]`` per kernel size (rows in the
+    order of ``terms``, columns the output channels of the targets of that size, in order).
     """
 
     def __init__(self, kind: str, target_shapes: Mapping[str, Sequence[int]], **options: float):
         if kind not in RDA_TERMS:
             raise ValueError(f"unknown RDA evolution kind {kind!r}; allowed: {RDA_KINDS}")
-        opts = check_options(options)
+        terms = RDA_TERMS[kind]
+        opts = check_options(options, terms)
         super().__init__(target_shapes)
         check_conv_shapes(self.target_shapes)
         self.kind = kind
-        self.terms: tuple[str, ...] = RDA_TERMS[kind]
-        self.d_max, self.a_max = opts["d_max"], opts["a_max"]
-        self.d_init, self.init_scale = opts["d_init"], opts["init_scale"]
-        self._keys = tuple(safe_key(name) for name in self.targets)
-        self.raw = nn.ModuleDict({term: nn.ParameterDict() for term in self.terms})
-        raw_d = math.log(self.d_init / (self.d_max - self.d_init))  # logit(d_init / d_max)
-        with torch.no_grad():
-            for name, key in zip(self.targets, self._keys):
-                out_channels = self.target_shapes[name][0]
-                for term in self.terms:
-                    if term == "diffusion":
-                        value = torch.full((out_channels,), raw_d)
-                    elif term == "reaction":
-                        value = self.init_scale * torch.randn(out_channels)
-                    else:  # advection: a_max * tanh(raw) ≈ init_scale * N(0, 1)
-                        value = torch.atanh(
-                            (self.init_scale * torch.randn(out_channels) / self.a_max).clamp(-0.5, 0.5)
-                        )
-                    self.raw[term][key] = nn.Parameter(value)
+        self.terms: tuple[str, ...] = terms
+        self.d_max, self.a_max, self.r_max = opts["d_max"], opts["a_max"], opts["r_max"]
+        self.init_scale = opts["init_scale"]
+        self._groups: list[_Group] = []
+        self._where: dict[str, tuple[_Group, int, int]] = {}  # target -> (group, first, last channel)
+        by_size: dict[tuple[int, int], _Group] = {}
+        for index, (name, shape) in enumerate(self.target_shapes.items()):
+            size = (shape[2], shape[3])
+            if size not in by_size:
+                by_size[size] = _Group(f"k{size[0]}x{size[1]}", size)
+                self._groups.append(by_size[size])
+            group = by_size[size]
+            start = group.offsets[-1]
+            group.members.append(index)
+            group.rows += [start + o for o in range(shape[0]) for _ in range(shape[1])]
+            group.offsets.append(start + shape[0])
+            self._where[name] = (group, start, start + shape[0])
+
+        low, high = zip(*(self.bounds()[t] for t in terms))
+        self.register_buffer("_low", torch.tensor(low).view(-1, 1), persistent=False)
+        self.register_buffer("_high", torch.tensor(high).view(-1, 1), persistent=False)
+        # Which stencils the kind needs, split in those scaled by a coefficient and by its |.|.
+        linear = [(ti, s, use_abs) for ti, t in enumerate(terms) for s, use_abs in _LINEAR.get(t, ())]
+        self._plain = [ti for ti, _, use_abs in linear if not use_abs]
+        self._absolute = [ti for ti, _, use_abs in linear if use_abs]
+        stencils = [s for _, s, a in linear if not a] + [s for _, s, a in linear if a]
+        self._reaction = terms.index("reaction") if "reaction" in terms else None
+
+        self.raw = nn.ParameterDict()
+        self._versions: dict[str, int] = {}
+        for group in self._groups:
+            channels = group.offsets[-1]
+            value = torch.zeros(len(terms), channels)
+            if self.init_scale > 0:
+                value = self.init_scale * torch.randn(len(terms), channels)
+                if "diffusion" in terms:
+                    value[terms.index("diffusion")].abs_()
+                value = torch.minimum(torch.maximum(value, self._low), self._high)
+            self.raw[group.key] = nn.Parameter(value)
+            cells = group.size[0] * group.size[1]
+            if stencils and cells > 1:
+                mats = stencil_matrices(*group.size)[stencils]  # [k, HW, HW]
+                # q_k[n, p] = sum_c S[k, p, c] w[n, c]  ->  w @ S.permute(2, 0, 1).reshape(HW, k*HW)
+                self.register_buffer(f"_stencil_{group.key}",
+                                     mats.permute(2, 0, 1).reshape(cells, -1).float(), persistent=False)
+            self.register_buffer(f"_rows_{group.key}", torch.tensor(group.rows), persistent=False)
+
+    # --- coefficients ------------------------------------------------------------------
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """``{term: (low, high)}`` closed bounds of every term of this kind."""
+        every = {"diffusion": (0.0, self.d_max), "advection_x": (-self.a_max, self.a_max),
+                 "advection_y": (-self.a_max, self.a_max), "reaction": (-self.r_max, self.r_max)}
+        return {t: every[t] for t in self.terms}
+
+    def _project(self) -> None:
+        """Clamp every coefficient tensor changed in place since the last check into its bounds."""
+        for key, p in self.raw.items():
+            if self._versions.get(key) == p._version:
+                continue
+            with torch.no_grad():
+                low, high = self._low.to(p.dtype), self._high.to(p.dtype)
+                if bool(((p < low) | (p > high)).any()):
+                    p.copy_(torch.minimum(torch.maximum(p, low), high))
+            self._versions[key] = p._version
 
     def coefficient(self, term: str, name: str) -> torch.Tensor:
-        """Effective (bounded) coefficient ``[O]`` of ``term`` for target ``name``; differentiable."""
+        """Effective coefficient ``[O]`` of ``term`` for target ``name`` (clamped into its bounds)."""
         if term not in self.terms:
             raise ValueError(f"term {term!r} not learned by kind {self.kind!r}; allowed: {self.terms}")
-        if name not in self.target_shapes:
+        if name not in self._where:
             raise ValueError(f"unknown target {name!r}; targets: {self.targets}")
-        return self._transform(term, self.raw[term][safe_key(name)])
-
-    def _transform(self, term: str, raw: torch.Tensor) -> torch.Tensor:
-        if term == "diffusion":
-            return self.d_max * torch.sigmoid(raw)
-        if term == "reaction":
-            return raw
-        return self.a_max * torch.tanh(raw)
-
-    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        terms = self.terms
-        need_lap = "diffusion" in terms
-        need_grad = "advection_x" in terms
-        out = []
-        for key, w in zip(self._keys, thetas):
-            def c(term: str) -> torch.Tensor:  # [O] -> [O, 1, 1, 1] in w's dtype
-                return self._transform(term, self.raw[term][key]).to(w.dtype).view(-1, 1, 1, 1)
-
-            lap, gx, gy = (
-                laplacian_and_gradients(w, need_lap, need_grad) if (need_lap or need_grad)
-                else (None, None, None)
-            )
-            q = None
-            if need_lap:
-                q = c("diffusion") * lap
-            if need_grad:
-                adv = c("advection_x") * gx + c("advection_y") * gy
-                q = adv if q is None else q + adv
-            if "reaction" in terms:
-                react = c("reaction") * torch.tanh(w)
-                q = react if q is None else q + react
-            out.append(q)
-        return tuple(out)
+        group, start, stop = self._where[name]
+        low, high = self.bounds()[term]
+        return self.raw[group.key][self.terms.index(term), start:stop].clamp(low, high)
 
     def coefficients(self) -> dict[str, torch.Tensor]:
         """``{"<target>/<term>": Tensor[O]}`` of effective coefficients, detached."""
-        return {
-            f"{name}/{term}": self.coefficient(term, name).detach()
-            for name in self.targets
-            for term in self.terms
-        }
+        return {f"{name}/{term}": self.coefficient(term, name).detach().clone()
+                for name in self.targets for term in self.terms}
+
+    def set_coefficients(self, mapping: Mapping[str, Union[float, torch.Tensor]]) -> None:
+        """Set effective coefficients exactly: ``{"<target>/<term>": number or Tensor[O]}``.
+
+        Raises KeyError-like ValueError for an unknown key, ValueError for a wrong shape, a
+        non-finite value or a value outside the term's closed bound.
+        """
+        bounds = self.bounds()
+        updates = []
+        for key, value in mapping.items():
+            name, _, term = str(key).rpartition("/")
+            if name not in self._where or term not in bounds:
+                raise ValueError(f"unknown coefficient {key!r}; keys are '<target>/<term>' with targets "
+                                 f"{self.targets} and terms {self.terms}")
+            group, start, stop = self._where[name]
+            v = torch.as_tensor(value, dtype=torch.float64)
+            if v.dim() > 1 or (v.dim() == 1 and v.numel() != stop - start):
+                raise ValueError(f"coefficient {key!r} needs a number or a tensor of shape [{stop - start}], "
+                                 f"got shape {tuple(v.shape)}")
+            low, high = bounds[term]
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"coefficient {key!r} must be finite, got {value!r}")
+            bad = (v < low) | (v > high)
+            if bool(bad.any()):
+                worst = v[bad].flatten()[0].item() if v.dim() else v.item()
+                raise ValueError(f"coefficient {key!r}: value {worst:.6g} is outside the bound [{low}, {high}] "
+                                 f"of term {term!r}")
+            updates.append((group.key, self.terms.index(term), start, stop, v))
+        with torch.no_grad():
+            for gkey, row, start, stop, v in updates:
+                p = self.raw[gkey]
+                p[row, start:stop] = v.to(p.dtype)
+        self._versions = {k: p._version for k, p in self.raw.items()}
+
+    # --- the rate ----------------------------------------------------------------------
+    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        self._project()
+        out: list[torch.Tensor] = [torch.empty(0)] * len(thetas)
+        for group in self._groups:
+            ws = [thetas[i] for i in group.members]
+            dtype = ws[0].dtype
+            cells = group.size[0] * group.size[1]
+            flat = [w.reshape(-1, cells) for w in ws]
+            w = flat[0] if len(flat) == 1 else torch.cat(flat)  # [N = sum O*I, HW]
+            coef = self.raw[group.key].to(dtype)  # [terms, C]
+            rows = getattr(self, f"_rows_{group.key}")
+            stencil = getattr(self, f"_stencil_{group.key}", None)
+            q = None
+            if stencil is not None:
+                k = len(self._plain) + len(self._absolute)
+                per = torch.cat([coef[self._plain], coef[self._absolute].abs()]) if self._absolute \
+                    else coef[self._plain]
+                per_row = per.index_select(1, rows).t().unsqueeze(1)  # [N, 1, k]
+                applied = (w @ stencil.to(dtype)).view(-1, k, cells)  # [N, k, HW]
+                q = torch.bmm(per_row, applied).squeeze(1)  # [N, HW]
+            if self._reaction is not None:
+                r = coef[self._reaction].index_select(0, rows).unsqueeze(1)  # [N, 1]
+                q = r * torch.tanh(w) if q is None else torch.addcmul(q, r, torch.tanh(w))
+            if q is None:  # diffusion/advection on 1x1 kernels: nothing moves
+                q = torch.zeros_like(w)
+            sizes = [f.shape[0] for f in flat]
+            for i, part in zip(group.members, torch.split(q, sizes) if len(sizes) > 1 else (q,)):
+                out[i] = part.view(thetas[i].shape)
+        return tuple(out)
 
     def extra_repr(self) -> str:
-        return (
-            f"kind={self.kind!r}, targets={self.targets}, d_max={self.d_max}, a_max={self.a_max}, "
-            f"d_init={self.d_init}, init_scale={self.init_scale}"
-        )
+        return (f"kind={self.kind!r}, targets={self.targets}, d_max={self.d_max}, a_max={self.a_max}, "
+                f"r_max={self.r_max}, init_scale={self.init_scale}")
