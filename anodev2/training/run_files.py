@@ -20,16 +20,19 @@ import hashlib
 import io
 import os
 import random
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
 __all__ = ["atomic_save", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write_text",
            "CheckpointError", "RunLock", "RunLockedError", "checksum_path", "remove_stale_temporaries",
-           "LOCK_NAME"]
+           "LOCK_NAME", "deferred_interrupt"]
 
 LOCK_NAME = "run.lock"
 
@@ -70,8 +73,9 @@ def _umask() -> int:
 def _atomic(path: os.PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -79,12 +83,33 @@ def _atomic(path: os.PathLike, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
+
+    Wraps the writes of a checkpoint and its sidecar, so an interrupt never leaves them
+    disagreeing or a temporary file behind. A no-op outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def checksum_path(path: os.PathLike) -> Path:

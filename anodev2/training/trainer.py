@@ -37,8 +37,8 @@ from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import ArrayDataset, BatchLoader, default_root, load_datasets
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress
-from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, load_checkpoint,
-                        remove_stale_temporaries, rng_state, set_rng_state)
+from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
+                        load_checkpoint, remove_stale_temporaries, rng_state, set_rng_state)
 
 __all__ = ["RunState", "Run", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit", "setup_run", "restore",
            "train_one_epoch", "evaluate", "check_finite", "save_checkpoint", "log_epoch", "json_record"]
@@ -394,9 +394,10 @@ def save_checkpoint(run: Run, state: RunState, is_best: bool) -> None:
           "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp else {},
           "rng": rng_state(), "config": config_to_dict(run.cfg), "history": state.history,
           "best_test_acc": state.best_test_acc, "optimizer_steps": state.optimizer_steps}
-    atomic_save(ck, run.out / "last.pt")
-    if is_best:
-        atomic_save(ck, run.out / "best.pt")
+    with deferred_interrupt():  # Ctrl-C waits until both files and their sidecars are whole
+        atomic_save(ck, run.out / "last.pt")
+        if is_best:
+            atomic_save(ck, run.out / "best.pt")
 
 
 def json_record(rec: dict) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from anodev2.training.progress import Progress
 from anodev2.training.run_files import (CheckpointError, RunLock, RunLockedError, atomic_save, checksum_path,
+                                        deferred_interrupt,
                                         load_checkpoint, remove_stale_temporaries)
 
 
@@ -119,3 +120,13 @@ def test_progress_rejects_bad_arguments_and_is_silent_when_disabled():
     bar = Progress("x", 3, enabled=False, stream=out, tty=False)
     bar.update(1, 1.0)
     assert out.getvalue() == "" and bar.mean_loss == 1.0
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_whole_file_and_sidecar(tmp_path):
+    path = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives "during" the write
+            atomic_save({"w": torch.ones(3)}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
