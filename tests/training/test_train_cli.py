@@ -199,8 +199,8 @@ def test_torchrun_two_processes_gloo_equal_one_process_accumulating_the_same_mic
     # (x[0::2], x[1::2] are exactly rank 0's and rank 1's images): the same conv kernels on the same
     # 16-image shapes, gradients scaled by 1/2 (exact) and summed pairwise (commutative), so the
     # parameters agree bit for bit. A plain batch-32 step is NOT guaranteed to: CPU conv kernels
-    # may sum a batch of 32 in another order (measured here 9e-8 max abs after 4 steps; 2.6e-4 on
-    # another machine), which is why the reference accumulates micro-batches.
+    # may sum a batch of 32 in another order (issue 11 saw 2.6e-4 max abs after 4 steps on one
+    # machine), which is why the reference accumulates micro-batches.
     same = [*TINY, "train.epochs=2", "data.subset_test=30", "data.augment=false", "model.norm=group"]
     out, ref = tmp_path / "ddp", tmp_path / "single"
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
