@@ -1,7 +1,8 @@
 """Print the parameter counts of every (name, variant): ``python -m anodev2.models [--width W]``.
 
-Columns: ODE blocks, total parameters, parameters of the ODE functions f, evolution
-coefficients p (ANODEV2 only) and their share of the ANODE network.
+Columns: weight layers (convs outside shortcuts + linear layers), ODE blocks, total
+parameters, parameters of the ODE functions f, evolution coefficients p (ANODEV2 only) and
+their share of the ANODE network.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 from typing import Optional, Sequence
 
 from . import MODELS, VARIANTS, build, ode_blocks, param_counts
+from .summary import weight_layers
 
 
 def param_table(width: float = 1.0) -> list[dict]:
-    """One row per (name, variant): name, variant, ode_blocks, total, ode_f, evolution, evolution_pct."""
+    """One row per (name, variant): name, variant, weight_layers, ode_blocks, total, ode_f, evolution, evolution_pct."""
     rows = []
     for name in MODELS:
         static_total = None
@@ -25,6 +27,7 @@ def param_table(width: float = 1.0) -> list[dict]:
             rows.append({
                 "name": name,
                 "variant": variant,
+                "weight_layers": weight_layers(model),
                 "ode_blocks": len(ode_blocks(model)),
                 **counts,
                 "evolution_pct": 100.0 * counts["evolution"] / static_total,
@@ -35,13 +38,13 @@ def param_table(width: float = 1.0) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of :func:`param_table` rows."""
     lines = [
-        "| model | variant | ODE blocks | parameters | in ODE f | evolution p | p / network |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | variant | weight layers | ODE blocks | parameters | in ODE f | evolution p | p / network |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['variant']} | {r['ode_blocks']} | {r['total']:,} | {r['ode_f']:,} | "
-            f"{r['evolution']:,} | {r['evolution_pct']:.2f}% |"
+            f"| {r['name']} | {r['variant']} | {r['weight_layers']} | {r['ode_blocks']} | {r['total']:,} | "
+            f"{r['ode_f']:,} | {r['evolution']:,} | {r['evolution_pct']:.2f}% |"
         )
     return "\n".join(lines)
 

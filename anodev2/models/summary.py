@@ -8,7 +8,7 @@ from torch import nn
 
 from ..block import ODEBlock
 
-__all__ = ["ode_blocks", "describe", "format_description", "param_counts"]
+__all__ = ["ode_blocks", "describe", "format_description", "param_counts", "weight_layers"]
 
 
 def _check_module(model: Any) -> None:
@@ -55,6 +55,16 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"total": total, "evolution": evolution, "ode_f": ode_f}
 
 
+def weight_layers(model: nn.Module) -> int:
+    """Depth as He et al. count it: convolutions and linear layers, projection shortcuts
+    (modules under a ``shortcut``) left out. resnet4 8, resnet10 20, resnet18 18, alexnet 8."""
+    _check_module(model)
+    return sum(
+        1 for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and "shortcut" not in name.split(".")
+    )
+
+
 def _ckpt(c: Any) -> str:
     return "all" if c is None else str(c)
 
@@ -64,7 +74,7 @@ def format_description(model: nn.Module) -> str:
     rows = describe(model)
     counts = param_counts(model)
     lines = [
-        f"{type(model).__name__}: {len(rows)} ODE block(s); parameters total={counts['total']:,} "
+        f"{type(model).__name__}: {weight_layers(model)} weight layers, {len(rows)} ODE block(s); parameters total={counts['total']:,} "
         f"ode_f={counts['ode_f']:,} evolution={counts['evolution']:,}"
     ]
     if rows:
