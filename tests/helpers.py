@@ -1,4 +1,10 @@
 """Shared test problems and helpers, imported by every test folder (``from helpers import rel_err``)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 
@@ -8,13 +14,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- train_coupled.py in a subprocess
-import json as _json
-import os as _os
-import subprocess as _subprocess
-import sys as _sys
-from pathlib import Path as _Path
-
-REPO = _Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 #: a tiny run of the smoke config on synthetic data: 64 / 32 images, 4 steps of 16 per epoch
 TINY = ["--config", "smoke", "data.name=synthetic", "data.subset_train=64", "data.subset_test=32",
         "model.width=0.25", "train.batch_size=16", "log.evolution_batch=2", "model.steps=3"]
@@ -22,20 +22,20 @@ TINY = ["--config", "smoke", "data.name=synthetic", "data.subset_train=64", "dat
 
 def cli_env() -> dict:
     """The environment of a train_coupled.py subprocess: unbuffered, one thread (robust on a busy 2-core machine)."""
-    env = {**_os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     return env
 
 
-def run_cli(*args, launcher=(), timeout=300, **kw) -> _subprocess.CompletedProcess:
+def run_cli(*args, launcher=(), timeout=300, **kw) -> subprocess.CompletedProcess:
     """Run ``python [launcher] train_coupled.py ARGS`` in the repository; captured text output."""
-    return _subprocess.run([_sys.executable, *launcher, str(REPO / "train_coupled.py"), *map(str, args)],
+    return subprocess.run([sys.executable, *launcher, str(REPO / "train_coupled.py"), *map(str, args)],
                            cwd=kw.pop("cwd", REPO), env=cli_env(), capture_output=True, text=True,
                            timeout=timeout, **kw)
 
 
-def ok(proc: _subprocess.CompletedProcess) -> _subprocess.CompletedProcess:
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """Assert exit status 0 (showing the output otherwise)."""
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -45,5 +45,5 @@ def metrics(run_dir) -> list[dict]:
     """The records of RUN_DIR/metrics.jsonl (strict JSON: a bare NaN fails here)."""
     def no_constants(name):
         raise ValueError(f"non-standard JSON constant {name}")
-    return [_json.loads(line, parse_constant=no_constants)
-            for line in (_Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line, parse_constant=no_constants)
+            for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DATASETS = ("cifar10", "cifar100", "mnist", "synthetic")
 
 
 class ConfigError(ValueError):
@@ -71,6 +70,26 @@ def _evolutions() -> tuple:
     return tuple(EVOLUTION_KINDS)
 
 
+def _grad_modes() -> tuple:
+    from anodev2.adjoint import GRAD_MODES
+    return tuple(GRAD_MODES)
+
+
+def _datasets() -> tuple:
+    from .data import NUM_CLASSES
+    return tuple(NUM_CLASSES)
+
+
+def _optimizers() -> tuple:
+    from .optim import OPTIMIZERS
+    return OPTIMIZERS
+
+
+def _schedules() -> tuple:
+    from .optim import SCHEDULES
+    return SCHEDULES
+
+
 def _opt(default, help: str, choices: Union[Sequence, Callable[[], Sequence], None] = None,
          min=None, max=None, min_open: bool = False, max_open: bool = False):
     """A dataclass field with validation metadata (choices, range) and a help text."""
@@ -84,7 +103,7 @@ def _opt(default, help: str, choices: Union[Sequence, Callable[[], Sequence], No
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _opt("cifar10", "data set", choices=DATASETS)
+    name: str = _opt("cifar10", "data set", choices=_datasets)
     root: Optional[str] = _opt(None, "data directory; null = $ANODEV2_DATA or ./data")
     subset_train: Optional[int] = _opt(None, "use this many training images (seeded choice); null = all", min=1)
     subset_test: Optional[int] = _opt(None, "use this many test images (seeded choice); null = all", min=1)
@@ -101,7 +120,7 @@ class ModelConfig:
     method: Optional[str] = _opt(None, "explicit Runge-Kutta method; null = variant default (euler)",
                                  choices=_methods)
     grad: Optional[str] = _opt(None, "backprop | checkpoint (discrete adjoint) | backsolve; null = variant default",
-                               choices=("backprop", "checkpoint", "backsolve"))
+                               choices=_grad_modes)
     checkpoints: Optional[int] = _opt(None, "checkpoint slots per block (grad=checkpoint); null = keep every step state",
                                       min=0)
     keep_forward: bool = _opt(False, "grad=checkpoint: keep the forward pass's states for backward instead of "
@@ -114,26 +133,23 @@ class ModelConfig:
     norm: str = _opt("batch", "normalisation layers", choices=_norms)
     options: dict[str, Any] = _opt({}, "further keyword options for anodev2.models.build")
 
-    #: fields forwarded to anodev2.models.build when not null (ODE options are an error for baseline)
-    ODE_FIELDS = ("steps", "method", "grad", "checkpoints", "evolution", "evolution_targets")
-
     def build_options(self) -> dict:
-        """Keyword options for ``anodev2.models.build`` (ODE options only when set)."""
-        opts = {k: getattr(self, k) for k in self.ODE_FIELDS if getattr(self, k) is not None}
-        if "evolution_targets" in opts:
-            opts["evolution_targets"] = list(opts["evolution_targets"])
-        if self.keep_forward:  # only when set: false is the default of every variant (and baseline has no ODE)
-            opts["keep_forward"] = True
-        if self.width != 1.0:
-            opts["width"] = self.width
-        if self.norm != "batch":
-            opts["norm"] = self.norm
+        """Keyword options for ``anodev2.models.build``: every field named in ``anodev2.models.ODE_OPTIONS`` or
+        ``COMMON_OPTIONS`` whose value differs from its default (null / false / 1.0 / "batch" defer to the
+        variant's defaults; ODE options are an error for baseline), then ``options``."""
+        from anodev2 import models
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        opts = {}
+        for k in (*models.ODE_OPTIONS, *models.COMMON_OPTIONS):
+            if k in fields and getattr(self, k) != fields[k].default:
+                value = getattr(self, k)
+                opts[k] = list(value) if isinstance(value, tuple) else value
         return {**opts, **self.options}
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
+    name: str = _opt("sgd", "optimizer", choices=_optimizers)
     lr: float = _opt(0.1, "base learning rate", min=0.0, min_open=True)
     momentum: float = _opt(0.9, "SGD momentum", min=0.0, max=1.0, max_open=True)
     nesterov: bool = _opt(False, "SGD Nesterov momentum")
@@ -141,7 +157,7 @@ class OptimConfig:
     evolution_lr_mult: float = _opt(1.0, "lr multiplier of the weight-evolution coefficients (their own param group)",
                                     min=0.0, min_open=True)
     evolution_weight_decay: float = _opt(0.0, "L2 weight decay of the weight-evolution coefficients", min=0.0)
-    schedule: str = _opt("multistep", "learning-rate schedule (per epoch)", choices=("multistep", "cosine"))
+    schedule: str = _opt("multistep", "learning-rate schedule (per epoch)", choices=_schedules)
     milestones: list[int] = _opt([150, 250], "multistep: epochs at which lr is multiplied by gamma", min=1)
     gamma: float = _opt(0.1, "multistep: lr factor at each milestone", min=0.0, max=1.0, min_open=True)
     warmup_epochs: int = _opt(0, "linear warm-up epochs before the schedule", min=0)

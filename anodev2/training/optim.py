@@ -24,11 +24,14 @@ from torch import nn
 from ..evolution import WeightEvolution
 from .config import OptimConfig
 
-__all__ = ["GROUP_NAMES", "evolution_parameters", "param_groups", "build_optimizer", "apply_group_settings",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "GROUP_NAMES", "evolution_parameters", "param_groups", "build_optimizer", "apply_group_settings",
            "set_lr", "lr_at"]
 
 #: parameter-group names, in the order the optimiser holds them
 GROUP_NAMES = ("network", "evolution")
+#: values of optim.name and optim.schedule
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("multistep", "cosine")
 
 
 def evolution_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -73,7 +76,7 @@ def build_optimizer(optim_cfg: OptimConfig, model: nn.Module) -> torch.optim.Opt
         return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
     if optim_cfg.name == "adam":
         return torch.optim.Adam(groups, lr=optim_cfg.lr)
-    raise ValueError(f"optim.name={optim_cfg.name!r} is not allowed; allowed: sgd | adam")
+    raise ValueError(f"optim.name={optim_cfg.name!r} is not allowed; allowed: {' | '.join(OPTIMIZERS)}")
 
 
 def apply_group_settings(opt: torch.optim.Optimizer, optim_cfg: OptimConfig) -> None:
@@ -104,5 +107,7 @@ def lr_at(optim_cfg: OptimConfig, epoch: int, epochs: int) -> float:
         return base * (epoch + 1) / (w + 1)
     if optim_cfg.schedule == "multistep":
         return base * optim_cfg.gamma ** sum(epoch >= m for m in optim_cfg.milestones)
+    if optim_cfg.schedule != "cosine":
+        raise ValueError(f"optim.schedule={optim_cfg.schedule!r} is not allowed; allowed: {' | '.join(SCHEDULES)}")
     span = max(1, epochs - w)
     return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / span))

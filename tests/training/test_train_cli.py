@@ -171,8 +171,9 @@ class _nullcontext:
 
 
 def test_bad_input_through_the_real_cli_has_no_traceback(tmp_path):
-    for argv in (["--config", "nonexistent_cfg"], ["--config", "smoke", "train.epochs=0"],
-                 ["--config", "smoke", "train.amp=true", "train.device=cpu"]):
+    # one error found while resolving the config, one found when the run starts (the other kinds
+    # share these paths and are covered in-process above)
+    for argv in (["--config", "nonexistent_cfg"], ["--config", "smoke", "train.amp=true", "train.device=cpu"]):
         proc = run_cli(*argv)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1, proc.stderr
