@@ -23,7 +23,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def grid_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate")
-    run("experiments/ablate.py", "--grid", "quick", "--out", str(out))
+    run("experiments/ablate.py", "--grid", "quick", "--out", str(out), "--jobs", "2")  # 2 one-thread runs at once
     return out
 
 
