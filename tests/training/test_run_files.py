@@ -130,3 +130,13 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_whole_file_and_sidecar(t
             atomic_save({"w": torch.ones(3)}, path)
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+
+
+def test_a_terminal_gets_a_tqdm_bar_instead_of_plain_lines(capsys):
+    out = io.StringIO()
+    bar = Progress("epoch 1/1 train", 4, interval=30.0, stream=out, tty=True)
+    for _ in range(4):
+        bar.update(2, 1.0)
+    bar.close()
+    assert out.getvalue() == ""  # no plain lines
+    assert "epoch 1/1 train" in capsys.readouterr().err  # tqdm draws on stderr
