@@ -215,8 +215,12 @@ def test_torchrun_two_processes_gloo_equal_one_process_accumulating_the_same_mic
     assert all(r["world_size"] == 2 and r["train_images"] == 64 and r["test_images"] == 30 for r in recs)
     assert all(r["ranks_in_sync"] for r in recs)
     for r, s in zip(recs, single):
-        for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            assert r[k] == pytest.approx(s[k], rel=1e-12), k  # float64 sums of the same float32 losses
+        # training: the same float32 per-micro-batch losses, summed in float64
+        assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-12) and r["train_acc"] == s["train_acc"]
+        # evaluation is not split alike (15 test images per rank vs one batch of 30), so its float32
+        # conv sums may round differently: agreement to float32 precision, at most one image flipped
+        assert r["test_loss"] == pytest.approx(s["test_loss"], rel=1e-5)
+        assert abs(r["test_acc"] - s["test_acc"]) <= 1 / 30 + 1e-12
     a = torch.load(out / "last.pt", weights_only=True)
     b = torch.load(ref / "last.pt", weights_only=True)
     assert a["epoch"] == 2 and a["model"].keys() == b["model"].keys()
