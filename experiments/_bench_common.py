@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import math
 import json
 import os
 import statistics
@@ -54,6 +55,9 @@ TDQ_MODES = ("tdq_forward", "tdq_odeint", "tdq_adjoint")
 TDQ_MISSING = ("torchdiffeq is not installed: its rows are skipped. Install the optional benchmark "
                "requirements with `pip install -r requirements-bench.txt` to compare against it.")
 
+
+#: normalisation layers the benchmark's f can use (``--norm``).
+NORMS = ("group", "batch")
 
 IN_PROCESS_NOTE = ("rows ran in this process (--isolation in-process, the --quick default): no fresh "
                    "subprocess per row, so the memory column is not a per-row measurement")
@@ -95,6 +99,7 @@ class BenchConfig:
     channels: int = 16
     size: int = 32
     method: str = "rk4"
+    norm: str = "group"  # the normalisation inside f: "group" (GroupNorm, issue 8's setting) or "batch"
     threads: int = 1
     warmup: int = 1
     repeats: int = 3
@@ -112,6 +117,8 @@ class BenchConfig:
         if self.method != "rk4":
             raise ValueError(f"method must be 'rk4' (the only method compared with torchdiffeq here), "
                              f"got {self.method!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not isinstance(self.mmap_threshold, int) or self.mmap_threshold < 0:
             raise ValueError(f"mmap_threshold must be an int >= 0 (0: glibc default), got {self.mmap_threshold!r}")
 
@@ -135,6 +142,8 @@ def add_measurement_args(p: argparse.ArgumentParser, *, steps: str, batch: int, 
     p.add_argument("--steps", type=parse_steps, default=steps, help=f"comma-separated numbers of ODE steps Nt (default {steps})")
     p.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
     p.add_argument("--channels", type=int, default=16, help="channels C of z and f (default 16)")
+    p.add_argument("--norm", choices=NORMS, default="group",
+                   help="normalisation inside f: group (GroupNorm, 8 groups; default) or batch (BatchNorm)")
     p.add_argument("--size", type=int, default=size, help=f"spatial size H = W (default {size})")
     p.add_argument("--repeats", type=int, default=repeats,
                    help=f"timed training steps per row; median reported (default {repeats})")
@@ -184,12 +193,13 @@ def _build(spec: dict):
     import anodev2
 
     class Field(nn.Module):
-        """f(t, z) = conv(ReLU(BN(conv(z)))), C -> C channels, 3x3, padding 1."""
+        """f(t, z) = conv(ReLU(norm(conv(z)))), C -> C channels, 3x3, padding 1; norm is
+        GroupNorm(gcd(C, 8) groups) or BatchNorm (``spec["norm"]``)."""
 
         def __init__(self, c: int) -> None:
             super().__init__()
             self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-            self.norm = nn.BatchNorm2d(c)
+            self.norm = nn.GroupNorm(math.gcd(c, 8), c) if spec.get("norm", "group") == "group" else nn.BatchNorm2d(c)
             self.conv2 = nn.Conv2d(c, c, 3, padding=1)
             self.calls = 0
 

@@ -1,6 +1,7 @@
 """Memory and time of one training step of one ODE block, per gradient mode, against torchdiffeq.
 
-The block: ``dz/dt = f(z)``, ``f = conv3x3 -> BatchNorm -> ReLU -> conv3x3`` (16 channels),
+The block: ``dz/dt = f(z)``, ``f = conv3x3 -> GroupNorm -> ReLU -> conv3x3`` (16 channels;
+``--norm batch`` for BatchNorm),
 input ``[32, 16, 32, 32]``, rk4 with Nt in {4, 8, 16} steps on [0, 1]. Rows: our ``backprop``,
 ``checkpoint`` (all states; c = 2 and 4 slots), ``backsolve``, and torchdiffeq 0.2.5's
 ``odeint`` / ``odeint_adjoint`` (method="rk4", options step_size = 1/Nt) on the same f.
@@ -180,6 +181,69 @@ def time_model(rows: list[dict], nt: int) -> list[str]:
     return lines
 
 
+def peak_held_states(nt: int, checkpoints: Optional[int]) -> int:
+    """Most step states (besides the block input) held at once at a reversal of the checkpoint
+    schedule: the slots in use plus a transient state the schedule advanced to without storing."""
+    from anodev2.adjoint import revolve_schedule, slots_for
+    from anodev2.adjoint.schedule import Advance, Free, Reverse
+
+    held, peak = set(), 0
+    for a in revolve_schedule(nt, slots_for(nt, checkpoints)):
+        if isinstance(a, Advance):
+            held.add(a.stop)
+        elif isinstance(a, Free):
+            held.discard(a.index)
+        elif isinstance(a, Reverse):
+            peak = max(peak, len(held))
+    return peak
+
+
+def step_graph_bytes(cfg: bc.BenchConfig, nt: int) -> tuple[int, int]:
+    """(state bytes S, bytes saved by autograd for one RK step of the block's f): the distinct
+    storages saved during one step under grad, apart from the step's input state and the
+    parameters (held anyway), measured with ``torch.autograd.graph.saved_tensors_hooks``."""
+    import torch
+
+    spec = {**bc.asdict(cfg), "steps": nt, "mode": "backprop", "checkpoints": None, "keep_forward": False}
+    model, f, x = bc._build(spec)
+    y = x.detach().requires_grad_(True)
+    skip = {p.untyped_storage().data_ptr() for p in f.parameters()} | {y.untyped_storage().data_ptr()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    from anodev2.solvers import rk_step, get_tableau
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = rk_step(lambda t, z: (f(t, z[0]),), 0.0, (y,), 1.0 / nt, get_tableau(cfg.method))
+    del out
+    return y.numel() * y.element_size(), sum(saved.values())
+
+
+def memory_accounting(cfg: bc.BenchConfig, rows: list[dict], nt: int) -> list[str]:
+    """The checkpoint rows' measured memory against their accounted floor: states held at the
+    first reversal + one step's autograd graph + the adjoint buffers (λ_{n+1} and λ_n, 2 states)."""
+    at = [d for d in rows if d["steps"] == nt and d["mode"] == "checkpoint"]
+    if not at:
+        return []
+    s_bytes, graph = step_graph_bytes(cfg, nt)
+    mib = 2.0 ** 20
+    lines = [f"Memory accounting at Nt={nt} (state S = {s_bytes / mib:.2f} MiB; one step's saved graph "
+             f"G = {graph / mib:.2f} MiB = {graph / s_bytes:.1f} S; adjoint buffers 2 S):",
+             f"  {'row':<28s}{'states':>7s}{'floor MiB':>11s}{'measured':>10s}{'/ floor':>9s}"]
+    for d in at:
+        c = None if d["checkpoints"] in (None, "", "all") else int(d["checkpoints"])
+        states = peak_held_states(nt, c)
+        floor = (states + 2) * s_bytes + graph
+        lines.append(f"  {d['variant']:<28s}{states:7d}{floor / mib:11.1f}{d['mem_mib']:10.1f}"
+                     f"{d['mem_mib'] * mib / floor:9.2f}")
+    return lines
+
+
 def profile(cfg: bc.BenchConfig, nt: int, variants: list[bc.Variant], out: Path) -> list[str]:
     """torch.profiler over one training step (after one warm-up step) of each variant, in this
     process: per variant the 8 ops with the most self CPU time, written to ``profile_<mode>.txt``;
@@ -239,7 +303,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = bc.BenchConfig(batch=args.batch, channels=args.channels, size=args.size, threads=args.threads,
+    cfg = bc.BenchConfig(batch=args.batch, channels=args.channels, size=args.size, norm=args.norm,
+                         threads=args.threads,
                          warmup=args.warmup, repeats=args.repeats, mmap_threshold=args.mmap_threshold,
                          isolate=args.isolation == "subprocess")
     cfg.check()
@@ -268,6 +333,8 @@ def main(argv=None) -> list[dict]:
         lines.append(line)
         print(line)
     model_lines = time_model(rows, nt)
+    if cfg.isolate:
+        model_lines += [""] + memory_accounting(cfg, rows, nt)
     if args.profile:
         model_lines += [""] + profile(cfg, nt, variants, out)
     print("\n" + "\n".join(model_lines))

@@ -82,7 +82,8 @@ def run(args) -> tuple[list[dict], list[dict], list[str]]:
     """Measure every (Nt, row); returns (rows, recompute table rows, notes)."""
     from anodev2.adjoint import binomial_cost, slots_for
 
-    cfg = bc.BenchConfig(batch=args.batch, channels=args.channels, size=args.size, threads=args.threads,
+    cfg = bc.BenchConfig(batch=args.batch, channels=args.channels, size=args.size, norm=args.norm,
+                         threads=args.threads,
                          warmup=args.warmup, repeats=args.repeats, mmap_threshold=args.mmap_threshold,
                          isolate=args.isolation == "subprocess")
     cfg.check()

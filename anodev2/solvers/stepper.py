@@ -4,7 +4,8 @@ The state is always a tuple of tensors here (normalised at the edge in
 :func:`anodev2.odeint`). The step is lean: each stage input and the update are
 built with one fused ``torch.add(..., alpha=)`` followed by in-place
 ``add_(..., alpha=)`` per extra nonzero coefficient, so no temporary tensors are
-allocated for the weighted sums (safe under autograd: ``add`` saves no inputs).
+allocated for the weighted sums (safe under autograd: ``add`` saves no inputs), and
+stage derivatives are released as soon as no later stage reads them.
 
 The start time ``t`` and step ``h`` are Python floats, or 0-dim float64 tensors when the
 gradient with respect to the integration interval is wanted; then the weights ``h a_ij``,
@@ -13,7 +14,7 @@ the weight but not the accumulator, so the in-place accumulation stays safe).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -26,19 +27,29 @@ VectorField = Callable[[Tensor, State], State]
 Time = Union[float, Tensor]
 
 
+def _add_into(acc: Tensor, w: Time, k: Tensor) -> Tensor:
+    """``acc += w k`` in place (``acc`` is a tensor this step created)."""
+    if isinstance(w, Tensor):
+        return acc.addcmul_(k, w.to(device=k.device, dtype=k.dtype))
+    return acc.add_(k, alpha=w)
+
+
+def _new_sum(y: Tensor, w: Time, k: Tensor) -> Tensor:
+    """A new tensor ``y + w k``."""
+    if isinstance(w, Tensor):
+        return torch.addcmul(y, k, w.to(device=k.device, dtype=k.dtype))
+    return torch.add(y, k, alpha=w)
+
+
 def _axpy(y: State, terms: Sequence[tuple[Time, State]]) -> State:
     """Return ``y + Σ w_j k_j`` per tensor of the tuple (``terms`` with w_j != 0)."""
     if not terms:
         return y
     out = []
     for i, yi in enumerate(y):
-        acc = None
-        for w, k in terms:
-            if isinstance(w, Tensor):
-                w = w.to(device=k[i].device, dtype=k[i].dtype)
-                acc = torch.addcmul(yi, k[i], w) if acc is None else acc.addcmul_(k[i], w)
-            else:
-                acc = torch.add(yi, k[i], alpha=w) if acc is None else acc.add_(k[i], alpha=w)
+        acc = _new_sum(yi, terms[0][0], terms[0][1][i])
+        for w, k in terms[1:]:
+            acc = _add_into(acc, w, k[i])
         out.append(acc)
     return tuple(out)
 
@@ -49,8 +60,18 @@ def _stage_time(t: Time, c: float, h: Time, like: Tensor) -> Tensor:
     return torch.full((), t + c * h, dtype=like.dtype, device=like.device)
 
 
+def _last_reads(tableau: ButcherTableau) -> list[int]:
+    """For each stage j, the last stage whose input reads ``k_j`` (``j`` itself if none does)."""
+    return [max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0], default=j)
+            for j in range(tableau.stages)]
+
+
 def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTableau) -> State:
     """Advance ``y`` from ``t`` to ``t + h`` with one step of ``tableau``.
+
+    The update ``y + h Σ b_i k_i`` is accumulated as each stage finishes (same order of
+    summation as the formula) and each ``k_j`` is released after the last stage input that
+    reads it, so at most the stages still needed are alive (RK4: one or two instead of four).
 
     Args:
         func: ``func(t, y) -> dy/dt``; ``t`` is a 0-dim tensor of y[0]'s dtype and device.
@@ -61,9 +82,24 @@ def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTable
     Returns:
         The state at ``t + h``, a new tuple with the shapes of ``y``.
     """
-    ref = y[0]
-    ks: list[State] = []
+    last = _last_reads(tableau)
+    ks: list[Optional[State]] = [None] * tableau.stages
+    out: Optional[list[Tensor]] = None
     for i in range(tableau.stages):
         yi = _axpy(y, [(h * a, ks[j]) for j, a in enumerate(tableau.a[i]) if a != 0.0])
-        ks.append(func(_stage_time(t, tableau.c[i], h, ref), yi))
-    return _axpy(y, [(h * b, ks[i]) for i, b in enumerate(tableau.b) if b != 0.0])
+        for j in range(i):
+            if last[j] == i:
+                ks[j] = None
+        k = func(_stage_time(t, tableau.c[i], h, y[0]), yi)
+        del yi
+        b = tableau.b[i]
+        if b != 0.0:
+            if out is None:
+                out = [_new_sum(yv, h * b, kv) for yv, kv in zip(y, k)]
+            else:
+                out = [_add_into(acc, h * b, kv) for acc, kv in zip(out, k)]
+        if last[i] > i:
+            ks[i] = k
+        del k
+    assert out is not None  # sum(b) = 1 (checked by ButcherTableau)
+    return tuple(out)

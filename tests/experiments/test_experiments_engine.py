@@ -20,7 +20,7 @@ EXP = Path(__file__).resolve().parents[2] / "experiments"
 @pytest.fixture
 def load(monkeypatch):
     """Import an experiments/ script by path, undoing its sys.path / bytecode settings afterwards."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "path", [str(EXP), *sys.path])  # the scripts import their sibling _bench_common
     monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
 
     def _load(name):
@@ -126,6 +126,23 @@ def test_bench_worker_runs_in_a_fresh_subprocess(load):
     assert rec["peak_rss_mib"] > 50 and rec["time_s"] > 0 and rec["cpu_s"] > 0
     with pytest.raises(ValueError, match="mode must be one of"):
         bc.spawn(cfg, 3, "adjoint")
+
+
+def test_bench_adjoint_memory_accounting(load):
+    """The floor's terms: states held at a reversal (Nt - 1 for every state, else the c slots and
+    one transient), and one rk4 step's saved graph of conv-GroupNorm-ReLU-conv: 3 stage inputs and,
+    per evaluation, the conv1 output and the ReLU output (11 states) plus GroupNorm's mean and rstd."""
+    ba = load("bench_adjoint")
+    for nt in range(1, 12):
+        for c in (None, *range(0, nt + 2)):
+            assert ba.peak_held_states(nt, c) == (nt - 1 if c is None else min(nt - 1, c + 1)), (nt, c)
+    cfg = ba.bc.BenchConfig(batch=2, channels=8, size=6)
+    s_bytes, graph = ba.step_graph_bytes(cfg, 4)
+    assert s_bytes == 2 * 8 * 6 * 6 * 4
+    assert graph == 11 * s_bytes + 4 * 2 * (2 * 8) * 4  # 4 evaluations x (mean, rstd) of [B, groups] floats
+    rows = [{"steps": 4, "mode": "checkpoint", "checkpoints": None, "variant": "checkpoint(all)", "mem_mib": 1.0}]
+    lines = ba.memory_accounting(cfg, rows, 4)
+    assert "G = " in lines[0] and lines[-1].split()[1] == "3"  # 3 states held
 
 
 def test_bench_adjoint_targets_and_missing_torchdiffeq(load, monkeypatch):
