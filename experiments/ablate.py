@@ -1,22 +1,34 @@
 #!/usr/bin/env python3
 """Run a grid of training runs through the training application and aggregate them.
 
-Each run is ``python train_coupled.py --config BASE key=value ... out_dir=OUT/RUN``; a run whose
+Each run is ``python train_coupled.py --config CONFIG key=value ... out_dir=OUT/RUN``. A run whose
 ``metrics.jsonl`` already holds its last epoch is skipped, and one that stopped part-way (it has
-``last.pt``) is resumed with ``--resume``, so the whole grid can be restarted after an
-interruption. Aggregation: final test accuracy per run, then min / max / average over seeds in a
-table laid out like the ANODE / ANODEV2 papers (rows: models; columns: baseline, Neural ODE,
-ANODE, ANODEV2), a table per sweep (Nt, method, evolution kind, checkpoint budget), a CSV of
-every run, and training-curve plots.
+``last.pt``) is resumed with ``--resume``; the decision is taken when the run starts, so the
+whole grid can be restarted after an interruption with either launcher:
+
+* ``--launcher local`` (default): runs in this machine's processes, ``--jobs`` at once;
+* ``--launcher submitit``: one job per run through submitit (Slurm on a cluster; ``--cluster
+  local`` runs the jobs as local processes), as a job array with ``--array-parallelism``.
+
+Aggregation (the same for both launchers): final test accuracy per run; per model and variant
+the min / max / average over seeds, laid out like the table quoted in ``PAPER`` with the
+quoted numbers next to them; a table per sweep; ``runs.csv`` of every run; ``curves.png``.
+
+Every run appears once: a sweep value that equals a main-table setting (``steps=2``,
+``method=euler``, ``evolution=rda`` on ANODEV2; ``evolution=static``, which is ANODE) is not
+run again, its sweep cell reads that main-table run.
 
 Grids (``--grid``):
   quick   synthetic data, tiny width, 1 epoch: tests the script in seconds.
-  cpu     the CPU-budget grid on real CIFAR-10 (ResNet-4; 3 seeds x 4 variants, and the
-          evolution-kind ablation for one seed); about 90 minutes on 2 CPU cores.
-  paper   the papers' grid: 350 epochs, ResNet-4 / ResNet-10 / AlexNet, 3 seeds x 4 variants,
-          plus the Nt / method / evolution / checkpoint sweeps on ResNet-10 (GPU).
+  cpu     the CPU-budget grid on real CIFAR-10 (ResNet-4, 3 seeds x 4 variants, evaluation after
+          every epoch, and the evolution-kind sweep for one seed); about 90 minutes on 2 cores.
+  paper   the papers' table: experiments/configs/paper/MODEL-VARIANT.yaml (350 epochs) for
+          ResNet-4 / ResNet-10 / AlexNet x 4 variants x 3 seeds, and the Nt / method / evolution
+          sweeps of ANODEV2 on ResNet-10 (GPU cluster; docs/REPRODUCE.md).
 
     python experiments/ablate.py --grid cpu --data-root runs/data --out runs/ablate_cpu --jobs 2
+    python experiments/ablate.py --grid paper --data-root /data/cifar10 --out runs/paper \\
+        --launcher submitit --partition gpu --gpus-per-job 1 --cpus-per-job 8 --time-limit 2880
     python experiments/ablate.py --grid cpu --out runs/ablate_cpu --aggregate-only
 """
 from __future__ import annotations
@@ -30,93 +42,169 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+PAPER_CONFIGS = ROOT / "experiments" / "configs" / "paper"
 VARIANTS = ("baseline", "neuralode", "anode", "anodev2")
 VARIANT_TITLES = {"baseline": "Baseline", "neuralode": "Neural ODE", "anode": "ANODE", "anodev2": "ANODEV2"}
-#: the papers' CIFAR-10 average test accuracies (350 epochs): ANODE (arXiv 1902.10298) Table 1
+#: CIFAR-10 test accuracy (%) as (min, max, avg) over runs, from the image misc/comparison.png of
+#: github amirgholami/anode. Its rows cite "NeuralODE [8]" and "ANODE [9]", so it comes from a later
+#: paper that cites ANODE, most likely ANODEV2 (Zhang et al. 2019, arXiv 1906.04596); the image
+#: states neither the epochs nor the number of runs.
 PAPER = {
-    "resnet4": {"baseline": 76.95, "neuralode": 47.37, "anode": 77.30},
-    "alexnet": {"baseline": 87.03, "neuralode": 75.67, "anode": 88.02},
-    "resnet10": {"baseline": 88.10, "neuralode": 67.94, "anode": 88.60},
+    "alexnet": {"baseline": (86.84, 87.15, 87.03), "neuralode": (74.54, 76.78, 75.67), "anode": (87.86, 88.14, 88.02)},
+    "resnet4": {"baseline": (76.47, 77.35, 76.95), "neuralode": (44.73, 49.91, 47.37), "anode": (76.92, 77.45, 77.30)},
+    "resnet10": {"baseline": (87.79, 88.52, 88.10), "neuralode": (64.70, 70.06, 67.94), "anode": (88.48, 88.75, 88.60)},
 }
+PAPER_SOURCE = ("misc/comparison.png of github amirgholami/anode (rows cite NeuralODE [8], ANODE [9]; "
+                "most likely from ANODEV2, arXiv 1906.04596)")
+LAUNCHERS = ("local", "submitit")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: a name, the model/variant/seed it belongs to, the sweep it is part of
-    ('main' for the model x variant x seed table) and its config overrides."""
+    """One training run: its directory name, config, the model / variant / seed it trains and
+    the sweep's extra overrides (the grid's common overrides come before ``overrides``)."""
 
     name: str
+    config: str
     model: str
     variant: str
     seed: int
-    sweep: str
-    setting: str
-    overrides: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # a sweep's override(s)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return (f"model.name={self.model}", f"model.variant={self.variant}", f"train.seed={self.seed}", *self.extra)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A one-key sweep of ``variant`` on the grid's sweep model: one run per value and seed.
+    ``same_as`` maps a value to the main-table variant that is the same run (not run again)."""
+
+    key: str
+    values: tuple
+    variant: str
+    seeds: tuple[int, ...]
+    same_as: dict = field(default_factory=dict)
 
 
 @dataclass
 class Grid:
+    """Main table ``models x variants x seeds`` plus ``sweeps`` on ``sweep_model``.
+    ``config(model, variant)`` gives each cell's config name or path (default: ``base``)."""
+
     base: str
     common: tuple[str, ...]
     models: tuple[str, ...]
     seeds: tuple[int, ...]
     variants: tuple[str, ...] = VARIANTS
-    #: sweep name -> (config key, values, variant, seeds); each value is one run per seed
-    sweeps: dict = field(default_factory=dict)
+    sweep_model: Optional[str] = None
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    per_cell_configs: bool = False
+
+    def config(self, model: str, variant: str) -> str:
+        return str(PAPER_CONFIGS / f"{model}-{variant}.yaml") if self.per_cell_configs else self.base
 
 
 def grids(data_root: Optional[str]) -> dict[str, Grid]:
-    root = [f"data.root={data_root}"] if data_root else []
+    root = (f"data.root={data_root}",) if data_root else ()
     return {
         "quick": Grid(
             base="smoke",
-            common=("data.name=synthetic", "model.width=0.25", "train.epochs=1", "train.batch_size=64",
+            common=("data.name=synthetic", "data.subset_train=256", "data.subset_test=64", "model.width=0.25",
+                    "train.epochs=1", "train.batch_size=32",
                     "log.evolution_every=0", "log.progress=false", "train.device=cpu"),
-            models=("resnet4",), seeds=(0, 1),
-            sweeps={"evolution": ("model.evolution", ("static",), "anodev2", (0,))}),
+            models=("resnet4",), seeds=(0, 1), sweep_model="resnet4",
+            sweeps={"evolution": Sweep("model.evolution", ("static", "diffusion"), "anodev2", (0,),
+                                       {"static": "anode"})}),
         "cpu": Grid(
             base="aconnect",
-            common=(*root, "data.subset_train=10000", "train.epochs=4", "train.eval_every=2",
+            common=(*root, "data.subset_train=10000", "train.epochs=4", "train.eval_every=1",
                     "optim.schedule=cosine", "optim.lr=0.05", "optim.warmup_epochs=0", "train.batch_size=128",
                     "train.device=cpu", "log.progress=false", "log.evolution_every=2"),
-            models=("resnet4",), seeds=(0, 1, 2),
-            sweeps={"evolution": ("model.evolution", ("static", "diffusion", "advection", "reaction"), "anodev2",
-                                  (0,))}),
+            models=("resnet4",), seeds=(0, 1, 2), sweep_model="resnet4",
+            sweeps={"evolution": Sweep("model.evolution", ("static", "diffusion", "advection", "reaction", "rda"),
+                                       "anodev2", (0,), {"static": "anode", "rda": "anodev2"})}),
         "paper": Grid(
-            base="aconnect",
-            common=(*root, "train.epochs=350", "train.device=auto", "log.progress=false"),
-            models=("resnet4", "resnet10", "alexnet"), seeds=(0, 1, 2),
-            sweeps={"steps": ("model.steps", (1, 2, 4, 8), "anodev2", (0, 1, 2)),
-                    "method": ("model.method", ("euler", "rk2", "rk4"), "anodev2", (0, 1, 2)),
-                    "evolution": ("model.evolution", ("static", "diffusion", "advection", "reaction", "rda"),
-                                  "anodev2", (0, 1, 2)),
-                    "checkpoints": ("model.checkpoints", (0, 1, 2), "anodev2", (0,))}),
+            base="aconnect", per_cell_configs=True,
+            common=(*root, "train.device=auto", "log.progress=false"),
+            models=("resnet4", "resnet10", "alexnet"), seeds=(0, 1, 2), sweep_model="resnet10",
+            sweeps={"steps": Sweep("model.steps", (1, 2, 4, 8), "anodev2", (0, 1, 2), {2: "anodev2"}),
+                    "method": Sweep("model.method", ("euler", "rk2", "rk4"), "anodev2", (0, 1, 2),
+                                    {"euler": "anodev2"}),
+                    "evolution": Sweep("model.evolution", ("static", "diffusion", "advection", "reaction", "rda"),
+                                       "anodev2", (0, 1, 2), {"static": "anode", "rda": "anodev2"})}),
     }
 
 
-def expand(grid: Grid, only_models: Optional[list[str]] = None) -> list[Run]:
-    """All runs of a grid: the main model x variant x seed table, then each sweep (on the
-    first model), leaving out duplicates of main-table runs."""
-    models = [m for m in grid.models if not only_models or m in only_models]
-    runs: list[Run] = []
-    for model, variant, seed in itertools.product(models, grid.variants, grid.seeds):
-        runs.append(Run(f"{model}-{variant}-s{seed}", model, variant, seed, "main", variant,
-                        (f"model.name={model}", f"model.variant={variant}", f"train.seed={seed}")))
-    if models:
-        model = models[0]
-        for sweep, (key, values, variant, seeds) in grid.sweeps.items():
-            for value, seed in itertools.product(values, seeds):
-                runs.append(Run(f"{model}-{variant}-{key.split('.')[-1]}={value}-s{seed}", model, variant, seed,
-                                sweep, str(value), (f"model.name={model}", f"model.variant={variant}",
-                                                    f"train.seed={seed}", f"{key}={value}")))
+def _main_run(grid: Grid, model: str, variant: str, seed: int) -> Run:
+    return Run(f"{model}-{variant}-s{seed}", grid.config(model, variant), model, variant, seed)
+
+
+def select(grid: Grid, models: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
+           seeds: Optional[Sequence[int]] = None) -> Grid:
+    """The grid restricted to ``models`` / ``variants`` / ``seeds`` (None: all); sweeps whose model,
+    variant or seeds are all left out go too."""
+    models = tuple(m for m in grid.models if not models or m in models)
+    variants = tuple(v for v in grid.variants if not variants or v in variants)
+    seeds = tuple(s for s in grid.seeds if not seeds or s in seeds)
+    sweeps = {}
+    if grid.sweep_model in models:
+        for name, sw in grid.sweeps.items():
+            kept = tuple(s for s in sw.seeds if s in seeds)
+            if sw.variant in variants and kept:
+                sweeps[name] = replace(sw, seeds=kept)
+    return replace(grid, models=models, variants=variants, seeds=seeds, sweeps=sweeps)
+
+
+def sweep_cells(grid: Grid) -> dict[str, list[tuple[str, Run]]]:
+    """Sweep name -> ``[(setting, run)]``; a setting listed in ``same_as`` names a main-table run."""
+    cells: dict[str, list[tuple[str, Run]]] = {}
+    model = grid.sweep_model
+    for name, sw in grid.sweeps.items():
+        short = sw.key.split(".")[-1]
+        rows = cells.setdefault(name, [])
+        for value, seed in itertools.product(sw.values, sw.seeds):
+            if value in sw.same_as:
+                run = _main_run(grid, model, sw.same_as[value], seed)
+            else:
+                run = Run(f"{model}-{sw.variant}-{short}={value}-s{seed}", grid.config(model, sw.variant), model,
+                          sw.variant, seed, (f"{sw.key}={value}",))
+            rows.append((str(value), run))
+    return cells
+
+
+def expand(grid: Grid) -> list[Run]:
+    """Every run of the grid once: the main table, then the sweep runs that are not main-table runs.
+
+    Raises:
+        ValueError: a sweep names a main-table run the grid does not contain (its variant or
+            seed is not in the main table), or two runs share a name.
+    """
+    runs = [_main_run(grid, m, v, s) for m, v, s in itertools.product(grid.models, grid.variants, grid.seeds)]
+    main = {r.name for r in runs}
+    for name, cells in sweep_cells(grid).items():
+        sw = grid.sweeps[name]
+        for setting, run in cells:
+            if any(setting == str(v) for v in sw.same_as):
+                if run.name not in main:
+                    raise ValueError(f"sweep {name!r}: setting {setting} stands for main-table run {run.name}, "
+                                     f"which the grid does not contain")
+            else:
+                runs.append(run)
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"runs {dup} appear twice in the grid")
     return runs
 
 
+# ---- run state and launching --------------------------------------------------------------
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -125,10 +213,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def expected_epochs(grid: Grid, run: Run) -> int:
+    """``train.epochs`` of the run: the last override that sets it, else the run's config."""
     for item in (*grid.common, *run.overrides)[::-1]:
         if item.startswith("train.epochs="):
             return int(item.split("=", 1)[1])
-    raise ValueError("grid does not set train.epochs")
+    from anodev2.training.config import load_config
+
+    return load_config(run.config).train.epochs
 
 
 def status(grid: Grid, run: Run, out: Path) -> str:
@@ -140,17 +231,22 @@ def status(grid: Grid, run: Run, out: Path) -> str:
     return "partial" if (d / "last.pt").exists() else "todo"
 
 
-def launch(grid: Grid, run: Run, out: Path, nproc: int, threads: Optional[int] = None) -> int:
+def command(grid: Grid, run: Run, out: Path, nproc: int) -> list[str]:
+    """The training command of ``run`` as it stands now (``--resume`` when it is partial)."""
     d = out / run.name
-    d.mkdir(parents=True, exist_ok=True)
-    overrides = [*grid.common, *run.overrides, f"out_dir={d}"]
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
         if nproc > 1 else [sys.executable]
-    cmd = [*launcher, str(ROOT / "train_coupled.py")]
-    if status(grid, run, out) == "partial":
-        cmd += ["--resume", str(d), "--config", grid.base, *overrides]
-    else:
-        cmd += ["--config", grid.base, *overrides]
+    resume = ["--resume", str(d)] if status(grid, run, out) == "partial" else []
+    return [*launcher, str(ROOT / "train_coupled.py"), *resume, "--config", run.config,
+            *grid.common, *run.overrides, f"out_dir={d}"]
+
+
+def launch(grid: Grid, run: Run, out: Path, nproc: int, threads: Optional[int] = None) -> int:
+    """Run (or resume) ``run`` to completion in a child process; output appended to RUN/stdout.log.
+    Returns the exit status. This is also the body of a submitit job."""
+    d = out / run.name
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = command(grid, run, out, nproc)
     with open(d / "stdout.log", "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -161,147 +257,256 @@ def launch(grid: Grid, run: Run, out: Path, nproc: int, threads: Optional[int] =
     return rc
 
 
+@dataclass(frozen=True)
+class SubmititOptions:
+    """Job resources for ``--launcher submitit`` (one job per run, submitted as a job array)."""
+
+    folder: Path
+    cluster: Optional[str] = None
+    partition: Optional[str] = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    time_limit_min: int = 2880
+    array_parallelism: int = 64
+    wait: bool = True
+
+
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit("--launcher submitit needs the submitit package: pip install submitit "
+                         "(or pip install -e '.[bench]'); or use --launcher local") from None
+    return submitit
+
+
+def run_local(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path, nproc: int, jobs: int) -> list[str]:
+    """Run ``todo`` here, ``jobs`` at once (each with OMP_NUM_THREADS = cores // jobs); names of failed runs."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+    def one(item: tuple[int, Run]) -> Optional[str]:
+        i, r = item
+        t = time.time()
+        rc = launch(grid, r, out, nproc, threads)
+        print(f"[{i}/{total}] {r.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.time() - t:.0f} s",
+              flush=True)
+        return None if rc == 0 else r.name
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [name for name in pool.map(one, todo) if name]
+
+
+def run_submitit(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path, nproc: int,
+                 opts: SubmititOptions) -> list[str]:
+    """Submit one job per run of ``todo`` as a job array; wait for them unless ``opts.wait`` is
+    false. Returns the names of failed runs (none when not waiting)."""
+    submitit = _import_submitit()
+    executor = submitit.AutoExecutor(folder=opts.folder, cluster=opts.cluster)
+    params = dict(name="ablate", timeout_min=opts.time_limit_min, nodes=1, tasks_per_node=1,
+                  cpus_per_task=opts.cpus_per_job, gpus_per_node=opts.gpus_per_job,
+                  slurm_array_parallelism=opts.array_parallelism)
+    if opts.partition:
+        params["slurm_partition"] = opts.partition
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [(i, r, executor.submit(launch, grid, r, out, nproc, opts.cpus_per_job)) for i, r in todo]
+    for i, r, job in jobs:
+        print(f"[{i}/{total}] {r.name}: submitted as job {job.job_id}", flush=True)
+    if not opts.wait:
+        print(f"not waiting; when the jobs are done, rerun with --aggregate-only (job logs in {opts.folder})")
+        return []
+    failed = []
+    for i, r, job in jobs:
+        try:
+            rc = job.result()
+        except Exception as e:  # the job itself failed (time limit, node failure): the run stays resumable
+            print(f"[{i}/{total}] {r.name}: job {job.job_id} FAILED: {type(e).__name__}: {e}", flush=True)
+            failed.append(r.name)
+            continue
+        print(f"[{i}/{total}] {r.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} (job {job.job_id})", flush=True)
+        if rc != 0:
+            failed.append(r.name)
+    return failed
+
+
 # ---- aggregation ------------------------------------------------------------------------
 def collect(grid: Grid, runs: list[Run], out: Path) -> list[dict]:
+    """One row per run: final and best test accuracy (None until finished), summed epoch times."""
     rows = []
     for run in runs:
         hist = read_metrics(out / run.name)
         final = hist[-1] if hist and hist[-1].get("epoch") == expected_epochs(grid, run) else None
         rows.append({"run": run.name, "model": run.model, "variant": run.variant, "seed": run.seed,
-                     "sweep": run.sweep, "setting": run.setting, "epochs": len(hist),
-                     "finished": final is not None,
+                     "sweep_setting": " ".join(run.extra), "epochs": len(hist), "finished": final is not None,
                      "final_test_acc": None if final is None else final.get("test_acc"),
                      "best_test_acc": None if final is None else final.get("best_test_acc"),
                      "train_time_s": round(sum(h.get("epoch_time", 0.0) for h in hist), 1)})
     return rows
 
 
-def _stats(values: list[float]) -> Optional[tuple[float, float, float, int]]:
-    vals = [v for v in values if v is not None]
+def _stats(values: list[Optional[float]]) -> Optional[tuple[float, float, float, int]]:
+    """(min, max, average, n) in % of the finished values, None if there are none."""
+    vals = [100 * v for v in values if v is not None]
     if not vals:
         return None
     return min(vals), max(vals), sum(vals) / len(vals), len(vals)
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[Optional[float]]) -> str:
     s = _stats(values)
-    if s is None:
-        return "–"
-    lo, hi, avg, n = s
-    return f"{100 * avg:.2f} ({100 * lo:.2f}–{100 * hi:.2f}, n={n})"
+    return "–" if s is None else f"{s[2]:.2f} ({s[0]:.2f}–{s[1]:.2f}, n={s[3]})"
 
 
-def tables(rows: list[dict]) -> str:
-    """Markdown: the papers' layout (average (min–max) test accuracy %), then one table per sweep."""
-    lines = ["Final test accuracy (%) as average (min–max, n = seeds).", "",
-             "| model | " + " | ".join(VARIANT_TITLES[v] for v in VARIANTS) + " |",
-             "|---|" + "---:|" * len(VARIANTS)]
-    models = list(dict.fromkeys(r["model"] for r in rows if r["sweep"] == "main"))
-    for m in models:
-        cells = [_cell([r["final_test_acc"] for r in rows if r["sweep"] == "main" and r["model"] == m
-                        and r["variant"] == v]) for v in VARIANTS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for sweep in dict.fromkeys(r["sweep"] for r in rows if r["sweep"] != "main"):
-        sub = [r for r in rows if r["sweep"] == sweep]
-        settings = list(dict.fromkeys(r["setting"] for r in sub))
-        lines += ["", f"Sweep `{sweep}` ({sub[0]['model']}, {sub[0]['variant']}):", "",
-                  "| " + sweep + " | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings),
-                  "| test acc | " + " | ".join(_cell([r["final_test_acc"] for r in sub if r["setting"] == s])
-                                               for s in settings) + " |"]
+def tables(grid: Grid, rows: list[dict]) -> str:
+    """Markdown: per model, min / max / avg over seeds in the quoted table's layout (quoted
+    numbers next to ours where the table has the model), then one table per sweep."""
+    acc = {r["run"]: r["final_test_acc"] for r in rows}
+    main = [r for r in rows if not r["sweep_setting"]]
+    lines = ["Final test accuracy (%), min / max / avg over seeds (n = finished runs); "
+             f"'quoted' rows: {PAPER_SOURCE}.", "",
+             "| model | runs | " + " | ".join(f"{VARIANT_TITLES[v]} min / max | avg" for v in grid.variants) + " |",
+             "|---|---|" + "---:|---:|" * len(grid.variants)]
+    for m in grid.models:
+        cells = []
+        for v in grid.variants:
+            s = _stats([r["final_test_acc"] for r in main if r["model"] == m and r["variant"] == v])
+            cells.append("– | –" if s is None else f"{s[0]:.2f} / {s[1]:.2f} | {s[2]:.2f} (n={s[3]})")
+        lines.append(f"| {m} | this grid | " + " | ".join(cells) + " |")
+        if m in PAPER:
+            quoted = [PAPER[m].get(v) for v in grid.variants]
+            lines.append(f"| {m} | quoted | " + " | ".join("– | –" if q is None else f"{q[0]:.2f} / {q[1]:.2f} | {q[2]:.2f}"
+                                                           for q in quoted) + " |")
+    for name, cells in sweep_cells(grid).items():
+        settings = list(dict.fromkeys(s for s, _ in cells))
+        sw = grid.sweeps[name]
+        same = ", ".join(f"{k} = the {VARIANT_TITLES[v]} runs" for k, v in sw.same_as.items())
+        lines += ["", f"Sweep `{sw.key}` ({grid.sweep_model}, {VARIANT_TITLES[sw.variant]}; {same or 'no shared runs'}):",
+                  "", "| " + sw.key + " | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings),
+                  "| test acc avg (min–max, n) | " + " | ".join(
+                      _cell([acc.get(r.name) for s2, r in cells if s2 == s]) for s in settings) + " |"]
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(grid: Grid, runs: list[Run], out: Path, path: Path) -> None:
+def plot_curves(grid: Grid, out: Path, path: Path) -> None:
+    """curves.png: per model, train loss and test accuracy of every main-table run at every
+    epoch that has them (one line per seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main = [r for r in runs if r.sweep == "main"]
-    models = list(dict.fromkeys(r.model for r in main))
-    cols = max(1, len(models))
+    cols = max(1, len(grid.models))
     fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 6.4), squeeze=False)
     panels = (("train_loss", "train loss", 1.0), ("test_acc", "test accuracy (%)", 100.0))
-    for col, m in enumerate(models):
+    for col, m in enumerate(grid.models):
         for row, (key, label, scale) in enumerate(panels):
             ax = axes[row][col]
-            for v in VARIANTS:
-                hists = [h for h in (read_metrics(out / r.name) for r in main if r.model == m and r.variant == v) if h]
+            for v in grid.variants:
+                hists = [h for h in (read_metrics(out / _main_run(grid, m, v, s).name) for s in grid.seeds) if h]
                 for i, hist in enumerate(hists):
                     pts = [(h["epoch"], scale * h[key]) for h in hist if h.get(key) is not None]
-                    ax.plot(*zip(*pts), color=f"C{VARIANTS.index(v)}", alpha=0.8, marker="o", ms=3,
-                            label=VARIANT_TITLES[v] if i == 0 else None)
+                    if pts:
+                        ax.plot(*zip(*pts), color=f"C{VARIANTS.index(v)}", alpha=0.8, marker="o", ms=3,
+                                label=VARIANT_TITLES[v] if i == 0 else None)
             ax.set_title(f"{m}: {label} (one line per seed)", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def aggregate(grid: Grid, runs: list[Run], out: Path) -> str:
+    """Write runs.csv, summary.md and curves.png into ``out``; return the markdown."""
     rows = collect(grid, runs, out)
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    md = tables(rows)
+    md = tables(grid, rows)
     (out / "summary.md").write_text(md)
-    plot_curves(grid, runs, out, out / "curves.png")
+    plot_curves(grid, out, out / "curves.png")
     return md
 
 
-def main(argv=None) -> int:
+# ---- command line ------------------------------------------------------------------------
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=("quick", "cpu", "paper"), required=True)
     p.add_argument("--out", type=Path, required=True, help="grid directory: one sub-directory per run")
     p.add_argument("--data-root", help="data.root for every run (e.g. a folder with cifar10.npz)")
     p.add_argument("--models", nargs="*", help="restrict the grid to these models")
+    p.add_argument("--variants", nargs="*", choices=VARIANTS, help="restrict the grid to these variants")
+    p.add_argument("--seeds", nargs="*", type=int, help="restrict the grid to these seeds")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for every run, after the grid's own (e.g. train.epochs=12)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: child processes here (default); submitit: one job per run (Slurm)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once (each with OMP_NUM_THREADS = cores // jobs); default 1")
+                   help="local launcher: runs at once (each with OMP_NUM_THREADS = cores // jobs); default 1")
+    s = p.add_argument_group("submitit launcher")
+    s.add_argument("--cluster", choices=("slurm", "local", "debug"),
+                   help="submitit cluster (default: Slurm when available, else local processes)")
+    s.add_argument("--partition", help="Slurm partition")
+    s.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; >= --nproc)")
+    s.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job, also its OMP_NUM_THREADS (default 8)")
+    s.add_argument("--time-limit", type=int, default=2880, metavar="MIN", help="job time limit in minutes (default 2880)")
+    s.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
+    s.add_argument("--job-folder", type=Path, help="submitit logs and pickles (default OUT/_submitit)")
+    s.add_argument("--no-wait", action="store_true", help="submit and exit; aggregate later with --aggregate-only")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild summary.md, runs.csv, curves.png")
     args = p.parse_args(argv)
-    if args.nproc < 1:
-        p.error(f"--nproc must be >= 1, got {args.nproc}")
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
-    grid = grids(args.data_root)[args.grid]
+    for name in ("nproc", "jobs", "cpus_per_job", "time_limit", "array_parallelism"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.gpus_per_job < 0:
+        p.error(f"--gpus-per-job must be >= 0, got {args.gpus_per_job}")
+    if args.launcher == "local" and args.jobs > 1 and args.nproc > 1:
+        p.error("--jobs > 1 with --nproc > 1 oversubscribes this machine; choose one")
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         p.error(f"--set takes KEY=VALUE pairs, got {bad}")
+    args.parser = p
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    full = grids(args.data_root)[args.grid]
+    grid = select(full, args.models, args.variants, args.seeds)
     grid.common = (*grid.common, *args.set)
-    runs = expand(grid, args.models)
+    runs = expand(grid)
     if not runs:
-        p.error(f"--models {args.models} selects no model of grid {args.grid!r}; allowed: {list(grid.models)}")
+        args.parser.error(f"--models {args.models} --variants {args.variants} --seeds {args.seeds} select no run "
+                          f"of grid {args.grid!r}; allowed: models {list(full.models)}, seeds {list(full.seeds)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         for r in runs:
-            print(f"{status(grid, r, args.out):8s} {r.name}: --config {grid.base} {' '.join(grid.common + r.overrides)}")
+            print(f"{status(grid, r, args.out):8s} {r.name}: --config {r.config} "
+                  f"{' '.join(grid.common + r.overrides)}")
         return 0
-    failed = []
+    failed: list[str] = []
     if not args.aggregate_only:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-
-        def one(item):
-            i, r = item
-            st = status(grid, r, args.out)
-            if st == "done":
+        todo = []
+        for i, r in enumerate(runs, 1):
+            if status(grid, r, args.out) == "done":
                 print(f"[{i}/{len(runs)}] {r.name}: done, skipped", flush=True)
-                return None
-            t = time.time()
-            rc = launch(grid, r, args.out, args.nproc, threads)
-            print(f"[{i}/{len(runs)}] {r.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.time() - t:.0f} s"
-                  f" ({st})", flush=True)
-            return None if rc == 0 else r.name
-
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            failed = [name for name in pool.map(one, enumerate(runs, 1)) if name]
+            else:
+                todo.append((i, r))
+        if todo and args.launcher == "local":
+            failed = run_local(grid, todo, len(runs), args.out, args.nproc, args.jobs)
+        elif todo:
+            opts = SubmititOptions(args.job_folder or args.out / "_submitit", args.cluster, args.partition,
+                                   args.gpus_per_job, args.cpus_per_job, args.time_limit, args.array_parallelism,
+                                   not args.no_wait)
+            failed = run_submitit(grid, todo, len(runs), args.out, args.nproc, opts)
+            if not opts.wait:
+                return 0
     print(aggregate(grid, runs, args.out))
     if failed:
         print(f"failed runs (see RUN/stdout.log): {failed}", file=sys.stderr)
