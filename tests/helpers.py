@@ -47,3 +47,14 @@ def metrics(run_dir) -> list[dict]:
         raise ValueError(f"non-standard JSON constant {name}")
     return [json.loads(line, parse_constant=no_constants)
             for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def hold_run_lock(run_dir) -> subprocess.Popen:
+    """Another live process holding RUN_DIR/run.lock as a run does (flock + its PID), without importing torch."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644); "
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.ftruncate(fd, 0); "
+            "os.write(fd, f'{os.getpid()}\\n'.encode()); print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(Path(run_dir) / "run.lock")], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc

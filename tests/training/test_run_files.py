@@ -2,12 +2,10 @@
 import io
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from helpers import hold_run_lock
 
 from anodev2.training.progress import Progress
 from anodev2.training.run_files import (CheckpointError, RunLock, RunLockedError, atomic_save, checksum_path,
@@ -52,16 +50,8 @@ def test_truncated_and_non_dict_files_with_matching_checksums_are_rejected(tmp_p
         load_checkpoint(tmp_path / "t.pt", verify=False)
 
 
-def _holder(run_dir):
-    code = ("import sys, time; from anodev2.training.run_files import RunLock; "
-            f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_lock_names_the_live_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
-    proc = _holder(tmp_path)
+    proc = hold_run_lock(tmp_path)
     try:
         with pytest.raises(RunLockedError, match=rf"in use by process {proc.pid} "):
             RunLock(tmp_path).acquire()
