@@ -9,5 +9,5 @@ from .recompute import frozen_norm_statistics
 from .schedule import binomial_cost, first_sweep, optimal_split, revolve_schedule, slots_for
 from .spec import GradMode, SolveSpec
 
-__all__ = ["Backprop", "Checkpoint", "Backsolve", "GradMode", "Grad", "GRAD_MODES", "get_grad_mode",
+__all__ = ["Backprop", "Checkpoint", "Backsolve", "GradMode", "Grad", "GRAD_MODES", "get_grad_mode", "with_checkpoint_options",
            "binomial_cost", "first_sweep", "optimal_split", "revolve_schedule", "slots_for"]
