@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""What the weight evolution of trained ANODEV2 runs learned and how much the network uses it.
+
+For every run directory (a ``train_coupled.py`` output with ``best.pt`` or ``last.pt``):
+
+* **coefficients**: per ODE block and term, the distribution (mean, std, min, max over every
+  output channel of every evolving weight) after training and of the untrained model built with
+  the same seed (the initialisation);
+* **drift**: ``||θ(t_N) - θ(0)|| / ||θ(0)||`` of every evolving weight at the block's end time,
+  trained vs untrained;
+* **accuracy**: test accuracy of the trained model, and with its evolution switched off
+  (every coefficient set to 0 through ``set_coefficients``, i.e. ANODE with the same weights);
+  the drop says how much the network uses θ(t);
+* **pictures** (``--pictures``): per evolving weight, the kernels ``θ(t_n)`` (rows t_0..t_N,
+  first input-channel slice of the first ``--max-kernels`` output channels) and ``θ(t_n) - θ(0)``,
+  each with a colour bar; and a histogram of each term's coefficients, init vs trained.
+
+Writes ``evolution_report.json`` (and the pictures) into ``--out`` and prints Markdown tables.
+
+    python experiments/evolution_report.py runs/grid/anodev2_s0 runs/grid/anodev2_s1 --out docs/figures/evolution
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from anodev2 import models
+from anodev2.training.data import BatchLoader, load_datasets
+from anodev2.training.run_files import load_checkpoint
+from anodev2.training.config import config_from_dict
+
+
+def load_run(run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(trained model, untrained model of the same seed, config) of one run directory."""
+    path = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
+    if path is None:
+        raise SystemExit(f"error: {run_dir} has no best.pt or last.pt (is it a train_coupled.py run directory?)")
+    ck = load_checkpoint(path)
+    if "config" not in ck or "model" not in ck:
+        raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
+    cfg = config_from_dict(ck["config"])
+    kwargs = dict(num_classes=100 if cfg.data.name == "cifar100" else 10,
+                  in_channels=1 if cfg.data.name == "mnist" else 3, **cfg.model.build_options())
+    torch.manual_seed(cfg.train.seed)
+    untrained = models.build(cfg.model.name, cfg.model.variant, **kwargs).eval()
+    trained = models.build(cfg.model.name, cfg.model.variant, **kwargs)
+    trained.load_state_dict(ck["model"])
+    return trained.eval(), untrained, cfg
+
+
+def evolving_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, ODE block) of every block whose weights evolve (non-static evolution)."""
+    return [(n, b) for n, b in models.ode_blocks(model) if b.evolving_names]
+
+
+def coefficient_stats(model: torch.nn.Module) -> dict[str, dict[str, dict[str, float]]]:
+    """{block: {term: {mean, std, min, max, n}}} over all output channels of all evolving weights."""
+    out = {}
+    for name, block in evolving_blocks(model):
+        per_term: dict[str, list[torch.Tensor]] = {}
+        for key, value in block.evolution.coefficients().items():
+            per_term.setdefault(key.rsplit("/", 1)[1], []).append(value.double().flatten())
+        out[name] = {}
+        for term, values in per_term.items():
+            v = torch.cat(values)
+            out[name][term] = {"mean": v.mean().item(), "std": v.std().item() if v.numel() > 1 else 0.0,
+                               "min": v.min().item(), "max": v.max().item(), "n": v.numel()}
+    return out
+
+
+@torch.no_grad()
+def trajectories(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> dict[str, dict[str, list]]:
+    """{block: {weight: [θ(t_0), ..., θ(t_N)]}}; θ(t) does not depend on the activations, so one
+    forward of a zero image suffices."""
+    model(torch.zeros(1, *image_shape))
+    return {name: block.weights_at() for name, block in evolving_blocks(model)}
+
+
+def drift(thetas: list[torch.Tensor]) -> float:
+    """``||θ(t_N) - θ(0)|| / ||θ(0)||``."""
+    return float((thetas[-1].double() - thetas[0].double()).norm() / thetas[0].double().norm())
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader: BatchLoader) -> float:
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += y.shape[0]
+    return correct / total
+
+
+def switch_off(model: torch.nn.Module) -> None:
+    """Set every evolution coefficient of ``model`` to 0 (q ≡ 0: the static-weight network)."""
+    for _, block in evolving_blocks(model):
+        block.evolution.set_coefficients({k: 0.0 for k in block.evolution.coefficients()})
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def kernel_rows(thetas: list[torch.Tensor], max_kernels: int) -> torch.Tensor:
+    """``[T*kH, K*kW]`` scalar image: row n = the first input slice of the first K kernels of θ(t_n),
+    separated by NaN gaps (drawn blank)."""
+    rows = []
+    for th in thetas:
+        k = th[:max_kernels, 0].float().cpu()  # [K, kH, kW]
+        k = torch.nn.functional.pad(k, (0, 1, 0, 1), value=float("nan"))
+        rows.append(torch.cat(list(k), dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, traj: dict, out: Path,
+         max_kernels: int) -> list[str]:
+    """Kernel pictures with colour bars and coefficient histograms; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for bname, weights in traj.items():
+        for wname, thetas in weights.items():
+            fig, axes = plt.subplots(1, 2, figsize=(12, 1.5 + 0.8 * len(thetas)))
+            panels = ((kernel_rows(thetas, max_kernels), "θ(t_n)"),
+                      (kernel_rows([t - thetas[0] for t in thetas], max_kernels), "θ(t_n) − θ(0)"))
+            for ax, (img, title) in zip(axes, panels):
+                s = float(img.nan_to_num(0).abs().max()) or 1.0
+                im = ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-s, vmax=s, interpolation="nearest")
+                fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+                ax.set_title(f"{run_name} {bname}.{wname}: {title}", fontsize=9)
+                ax.set_xticks([])
+                h = img.shape[0] / len(thetas)
+                ax.set_yticks([h * (n + 0.45) for n in range(len(thetas))], [f"t_{n}" for n in range(len(thetas))],
+                              fontsize=8)
+            fig.tight_layout()
+            name = f"kernels_{_safe(run_name)}_{_safe(bname)}_{_safe(wname)}.png"
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            files.append(name)
+    blocks = dict(evolving_blocks(trained))
+    init_blocks = dict(evolving_blocks(untrained))
+    for bname, block in blocks.items():
+        terms = list(block.evolution.bounds())
+        fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.6), squeeze=False)
+        for ax, term in zip(axes[0], terms):
+            for label, b in (("init", init_blocks[bname]), ("trained", block)):
+                v = torch.cat([c for k, c in b.evolution.coefficients().items() if k.endswith("/" + term)])
+                ax.hist(v.numpy(), bins=30, range=block.evolution.bounds()[term], alpha=0.6, label=label)
+            ax.set_title(f"{bname}: {term}", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"coefficients_{_safe(run_name)}_{_safe(bname)}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
+    trained, untrained, cfg = load_run(run_dir)
+    if not evolving_blocks(trained):
+        raise SystemExit(f"error: {run_dir}: no ODE block has evolving weights (variant {cfg.model.variant!r}, "
+                         f"evolution {cfg.model.evolution!r}); give anodev2 runs with a non-static evolution")
+    image = (1, 28, 28) if cfg.data.name == "mnist" else (3, 32, 32)
+    traj, traj0 = trajectories(trained, image), trajectories(untrained, image)
+    rec = {"run": str(run_dir), "seed": cfg.train.seed,
+           "coefficients": coefficient_stats(trained), "coefficients_init": coefficient_stats(untrained),
+           "drift": {f"{b}.{w}": drift(th) for b, ws in traj.items() for w, th in ws.items()},
+           "drift_untrained": {f"{b}.{w}": drift(th) for b, ws in traj0.items() for w, th in ws.items()}}
+    if not args.no_accuracy:
+        _, test = load_datasets(cfg.data.name, root=args.data_root or cfg.data.root, download=False,
+                                subset_test=cfg.data.subset_test if args.subset_test is None else args.subset_test,
+                                seed=cfg.train.seed)
+        loader = BatchLoader(test, args.batch_size, shuffle=False, augment=False)
+        rec["test_acc"] = accuracy(trained, loader)
+        switch_off(trained)
+        rec["test_acc_evolution_off"] = accuracy(trained, loader)
+    if args.pictures:
+        trained_again, _, _ = load_run(run_dir)  # pictures of the trained coefficients, not the zeroed ones
+        rec["pictures"] = draw(run_dir.name, trained_again, untrained, traj, args.out, args.max_kernels)
+    return rec
+
+
+def print_tables(records: list[dict]) -> None:
+    print("\n| run | seed | test acc | acc, evolution off | drop |")
+    print("|---|---|---|---|---|")
+    for r in records:
+        if "test_acc" in r:
+            print(f"| {Path(r['run']).name} | {r['seed']} | {r['test_acc']:.4f} | {r['test_acc_evolution_off']:.4f} "
+                  f"| {r['test_acc'] - r['test_acc_evolution_off']:+.4f} |")
+    print("\n| run | weight | drift trained | drift untrained |")
+    print("|---|---|---|---|")
+    for r in records:
+        for w, d in r["drift"].items():
+            print(f"| {Path(r['run']).name} | {w} | {d:.3e} | {r['drift_untrained'][w]:.3e} |")
+    print("\n| run | block | term | init mean ± std | trained mean ± std | trained min .. max |")
+    print("|---|---|---|---|---|---|")
+    for r in records:
+        for block, terms in r["coefficients"].items():
+            for term, s in terms.items():
+                i = r["coefficients_init"][block][term]
+                print(f"| {Path(r['run']).name} | {block} | {term} | {i['mean']:.2e} ± {i['std']:.1e} "
+                      f"| {s['mean']:.2e} ± {s['std']:.1e} | {s['min']:.2e} .. {s['max']:.2e} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories of anodev2 train_coupled.py runs")
+    p.add_argument("--out", type=Path, required=True, help="output directory (evolution_report.json, pictures)")
+    p.add_argument("--pictures", action="store_true", help="also draw kernel pictures and coefficient histograms")
+    p.add_argument("--max-kernels", type=int, default=16, help="kernels per picture row (default 16)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluations")
+    p.add_argument("--data-root", help="data directory (default: the run's data.root)")
+    p.add_argument("--subset-test", type=int, help="test images to use (default: the run's data.subset_test)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    args = p.parse_args(argv)
+    if args.max_kernels < 1 or args.batch_size < 1:
+        p.error("--max-kernels and --batch-size must be >= 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = [report_run(run, args) for run in args.runs]
+    (args.out / "evolution_report.json").write_text(json.dumps(records, indent=1))
+    print_tables(records)
+    print(f"\nwrote {args.out / 'evolution_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
