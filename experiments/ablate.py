@@ -468,6 +468,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         p.error(f"--gpus-per-job must be >= 0, got {args.gpus_per_job}")
     if args.launcher == "local" and args.jobs > 1 and args.nproc > 1:
         p.error("--jobs > 1 with --nproc > 1 oversubscribes this machine; choose one")
+    if args.launcher == "submitit" and 0 < args.gpus_per_job < args.nproc:
+        p.error(f"--nproc {args.nproc} processes per run need --gpus-per-job >= {args.nproc}, got {args.gpus_per_job}")
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         p.error(f"--set takes KEY=VALUE pairs, got {bad}")
