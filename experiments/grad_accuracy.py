@@ -7,10 +7,19 @@ is unstable for dissipative dynamics, and it is the gradient of the continuous p
 than of the computed forward map. The discrete adjoint (``grad="checkpoint"``) is the exact
 gradient of the computed map, to round-off.
 
-For ODE blocks ``dz/dt = f(z)``, ``f = conv3x3 -> [BatchNorm] -> act -> conv3x3`` with
-act in {relu, leaky_relu, tanh}, with and without BatchNorm (training mode, batch statistics),
-methods euler / rk2 / rk4 and Nt in {1, 2, 4, 8, 16} on t in [0, 1], in float64, for a few seeds,
-with J = <v, z(1)> for a fixed random v, this script measures:
+Two block families (``--block``), methods euler / rk2 / rk4 and Nt in {1, 2, 4, 8, 16} on t in
+[0, 1], float64, a few seeds, J = <v, z(1)> for a fixed random v:
+
+* ``model`` (default): ``f`` is the ODE function of the networks themselves, the ``.f`` module of
+  the first ODE block of ``anodev2.models.build(--model, "anode")`` (resnet4: ``conv3x3 -> BN ->
+  relu -> conv3x3 -> BN``, docs/MODELS.md), with He-normal weights x ``--weight-scale``, or the
+  **trained** weights of that block from a training run's checkpoint (``--weights RUN/last.pt``;
+  the network, width and block come from the checkpoint's config; for an ANODEV2 run f is taken at
+  its t = 0 weights θ(0), without the weight evolution). Activation and BatchNorm are the model's.
+* ``field``: a generic ``f = conv3x3 -> [BatchNorm] -> act -> conv3x3`` with act in {relu,
+  leaky_relu, tanh}, with and without BatchNorm, to see how the activation matters.
+
+BatchNorm runs in training mode (batch statistics). The script measures:
 
 * ``bs_err_input`` / ``bs_err_params``: ||g_backsolve - g_checkpoint|| / ||g_checkpoint|| for the
   gradient w.r.t. the input z(0) and w.r.t. all parameters of f (concatenated);
@@ -18,22 +27,25 @@ with J = <v, z(1)> for a fixed random v, this script measures:
 * ``reverse_err``: ||z_rev(0) - z(0)|| / ||z(0)||, z_rev(0) obtained by integrating from z(1)
   back to t = 0 with the same method and Nt (what backsolve does to reconstruct z).
 
-Weights are "scaled like a trained network": conv weights He-normal (std = gain / sqrt(fan_in),
-gain sqrt(2) for relu/leaky_relu and 5/3 for tanh) times ``--weight-scale`` (default 1 and 2:
-trained conv weights are typically larger than at initialisation), conv biases
-N(0, 0.1^2), BatchNorm affine weight 1 + N(0, 0.1^2), bias N(0, 0.1^2); input z(0) ~ N(0, 1).
+Random weights (without ``--weights``): conv weights He-normal (std = gain / sqrt(fan_in), gain
+sqrt(2) for relu/leaky_relu and 5/3 for tanh) times ``--weight-scale`` (default 1 and 2, two
+synthetic scales; trained weights come from ``--weights``), conv biases N(0, 0.1^2), BatchNorm
+affine weight 1 + N(0, 0.1^2), bias N(0, 0.1^2); input z(0) ~ N(0, 1).
 
 Outputs in ``--out``: ``grad_accuracy.csv`` (one row per configuration and seed),
 ``grad_accuracy_summary.csv`` (median / max over seeds) and ``grad_accuracy.png`` (errors vs Nt
 per activation, one line per method and BatchNorm setting; one figure ``grad_accuracy_w<scale>.png``
 per weight scale).
 
-    python experiments/grad_accuracy.py --out runs/grad_accuracy        # ~1 minute
-    python experiments/grad_accuracy.py --quick --out /tmp/ga            # seconds
+    python experiments/grad_accuracy.py --out runs/grad_accuracy                 # resnet4's f, He weights
+    python experiments/grad_accuracy.py --weights runs/ablate_cpu/resnet4-anode-s0/last.pt --out runs/ga_trained
+    python experiments/grad_accuracy.py --block field --out runs/grad_accuracy_field   # activation study
+    python experiments/grad_accuracy.py --quick --out /tmp/ga                      # seconds (field block)
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import math
 import statistics
@@ -49,6 +61,7 @@ from torch import nn  # noqa: E402
 
 import _bench_common as bc  # noqa: E402
 import anodev2  # noqa: E402
+from anodev2 import models  # noqa: E402
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 METHODS = ("euler", "rk2", "rk4")
@@ -72,19 +85,61 @@ class Field(nn.Module):
         return self.conv2(self.act(self.norm(self.conv1(z))))
 
 
-def build(channels: int, act: str, norm: bool, scale: float, generator: torch.Generator) -> Field:
-    """A float64 field with trained-like weights (see the module docstring)."""
-    f = Field(channels, act, norm).double()
+class TimeFree(nn.Module):
+    """``(t, z) -> f(z)`` around a network's autonomous ODE function ``f``."""
+
+    def __init__(self, f: nn.Module) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, t, z):
+        return self.f(z)
+
+
+def randomise(f: nn.Module, act: str, scale: float, generator: torch.Generator) -> None:
+    """He-normal x ``scale`` conv weights, N(0, 0.1^2) conv biases, BatchNorm affine 1 + N(0, 0.1^2) / N(0, 0.1^2)."""
     with torch.no_grad():
-        for conv in (f.conv1, f.conv2):
-            fan_in = conv.weight[0].numel()
-            std = scale * GAINS[act] / math.sqrt(fan_in)
-            conv.weight.copy_(std * torch.randn(conv.weight.shape, generator=generator, dtype=torch.float64))
-            conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=generator, dtype=torch.float64))
-        if norm:
-            f.norm.weight.copy_(1 + 0.1 * torch.randn(channels, generator=generator, dtype=torch.float64))
-            f.norm.bias.copy_(0.1 * torch.randn(channels, generator=generator, dtype=torch.float64))
+        for m in f.modules():
+            if isinstance(m, nn.Conv2d):
+                std = scale * GAINS[act] / math.sqrt(m.weight[0].numel())
+                m.weight.copy_(std * torch.randn(m.weight.shape, generator=generator, dtype=torch.float64))
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator, dtype=torch.float64))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=generator, dtype=torch.float64))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator, dtype=torch.float64))
+
+
+def build(channels: int, act: str, norm: bool, scale: float, generator: torch.Generator) -> Field:
+    """A float64 generic field (``--block field``) with random weights (see the module docstring)."""
+    f = Field(channels, act, norm).double()
+    randomise(f, act, scale, generator)
     return f.train()
+
+
+def model_f(args) -> nn.Module:
+    """The ODE function ``f`` of the first ODE block of the network (``--block model``): trained
+    weights from ``args.weights`` or a fresh ``build(args.model, "anode", width=args.width)``."""
+    if args.weights:
+        from evolution_pictures import load_model
+
+        net, _ = load_model(Path(args.weights))
+    else:
+        net = models.build(args.model, "anode", width=args.width)
+    blocks = models.ode_blocks(net)
+    if not blocks:
+        raise SystemExit(f"error: {args.weights or args.model} has no ODE block (a baseline network?)")
+    return blocks[0][1].f
+
+
+def make_field(act: str, norm: bool, scale: float, generator: torch.Generator, args) -> nn.Module:
+    """``f(t, z)`` in float64, training mode: the models' f (``--block model``) or the generic field."""
+    if args.block == "field":
+        return build(args.channels, act, norm, scale, generator)
+    f = copy.deepcopy(args.model_f).double()
+    if not args.weights:
+        randomise(f, act, scale, generator)
+    return TimeFree(f).train()
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -102,16 +157,18 @@ def gradients(f: Field, z0: torch.Tensor, v: torch.Tensor, method: str, steps: i
 
 def measure(act: str, norm: bool, method: str, steps: int, seed: int, scale: float, args) -> dict:
     gen = torch.Generator().manual_seed(seed)
-    f = build(args.channels, act, norm, scale, gen)
-    z0 = torch.randn(args.batch, args.channels, args.size, args.size, generator=gen, dtype=torch.float64)
+    f = make_field(act, norm, scale, gen, args)
+    channels = args.channels if args.block == "field" else next(
+        m for m in f.modules() if isinstance(m, nn.Conv2d)).in_channels
+    z0 = torch.randn(args.batch, channels, args.size, args.size, generator=gen, dtype=torch.float64)
     v = torch.randn(z0.shape, generator=gen, dtype=torch.float64)
     bp_z, bp_p, z1 = gradients(f, z0, v, method, steps, "backprop")
     ck_z, ck_p, _ = gradients(f, z0, v, method, steps, "checkpoint")
     bs_z, bs_p, _ = gradients(f, z0, v, method, steps, "backsolve")
     with torch.no_grad():
         z_rev = anodev2.odeint(f, z1, 1.0, 0.0, steps=steps, method=method, grad="backprop")
-    return {"activation": act, "batchnorm": norm, "method": method, "steps": steps, "seed": seed,
-            "weight_scale": scale,
+    return {"block": args.block_label, "activation": act, "batchnorm": norm, "method": method, "steps": steps,
+            "seed": seed, "weight_scale": scale,
             "bs_err_input": rel(bs_z, ck_z), "bs_err_params": rel(bs_p, ck_p),
             "ck_err_input": rel(ck_z, bp_z), "ck_err_params": rel(ck_p, bp_p),
             "reverse_err": rel(z_rev, z0), "z1_norm_ratio": (z1.norm() / z0.norm()).item()}
@@ -119,7 +176,7 @@ def measure(act: str, norm: bool, method: str, steps: int, seed: int, scale: flo
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Median and max over seeds of every metric, per configuration."""
-    keys = ("activation", "batchnorm", "method", "steps", "weight_scale")
+    keys = ("block", "activation", "batchnorm", "method", "steps", "weight_scale")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -191,21 +248,31 @@ def parse_list(text: str, allowed=None, cast=str) -> list:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--block", choices=("model", "field"),
+                   help="model: the networks' ODE function f (default; field with --quick); "
+                        "field: generic conv-[BN]-act-conv")
+    p.add_argument("--model", default="resnet4", choices=tuple(models.MODELS),
+                   help="--block model: network whose first ODE block's f is used (default resnet4)")
+    p.add_argument("--width", type=float, default=0.5,
+                   help="--block model: channel multiplier of that network (default 0.5: resnet4's f on 8 channels)")
+    p.add_argument("--weights", help="--block model: a training run's checkpoint (RUN_DIR/last.pt); its network's "
+                                     "first ODE block's trained f replaces the random weights")
     p.add_argument("--activations", type=lambda s: parse_list(s, ACTIVATIONS), default=list(ACTIVATIONS),
-                   help="comma-separated subset of relu,leaky_relu,tanh (default all)")
+                   help="--block field: comma-separated subset of relu,leaky_relu,tanh (default all)")
     p.add_argument("--methods", type=lambda s: parse_list(s, METHODS), default=list(METHODS),
                    help="comma-separated subset of euler,rk2,rk4 (default all)")
     p.add_argument("--steps", type=lambda s: parse_list(s, None, int), default=[1, 2, 4, 8, 16],
                    help="Nt values (default 1,2,4,8,16)")
     p.add_argument("--batchnorm", choices=("both", "yes", "no"), default="both",
-                   help="BatchNorm in f: both (default), yes, no")
+                   help="--block field: BatchNorm in f: both (default), yes, no")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..n-1 (default 3)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
-    p.add_argument("--channels", type=int, default=8, help="channels (default 8)")
+    p.add_argument("--channels", type=int, default=8, help="--block field: channels (default 8)")
     p.add_argument("--size", type=int, default=16, help="spatial size H = W (default 16)")
-    p.add_argument("--weight-scale", type=lambda s: parse_list(s, None, float), default=[1.0, 2.0],
-                   help="comma-separated multipliers of the He-normal conv weights (default 1,2); "
-                        "one figure per value")
+    p.add_argument("--weight-scale", type=lambda s: parse_list(s, None, float),
+                   help="comma-separated multipliers of the He-normal conv weights, one figure per value "
+                        "(default: 1,2 for --block field; 1 for --block model, whose f ends in BatchNorm, "
+                        "which undoes any scale of the conv weights before it)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--no-plot", action="store_true", help="do not write grad_accuracy.png")
     p.add_argument("--quick", action="store_true",
@@ -215,6 +282,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.activations, args.methods, args.steps = ["relu", "tanh"], ["euler", "rk4"], [1, 4]
         args.seeds, args.batch, args.channels, args.size, args.weight_scale = 1, 2, 4, 8, [1.0]
+    if args.block is None:
+        args.block = "field" if args.quick else "model"
+    if args.weight_scale is None:
+        args.weight_scale = [1.0, 2.0] if args.block == "field" else [1.0]
+    if args.weights and args.block != "model":
+        p.error("--weights needs --block model (it takes the networks' f from the checkpoint)")
+    if args.block == "model":
+        args.model_f = model_f(args)
+        names = {type(m).__name__ for m in args.model_f.modules()}
+        # the model's activation (for the He gain) and BatchNorm are fixed by its f
+        args.activations = ["tanh" if "Tanh" in names else "relu"]
+        args.batchnorm = "yes" if any("BatchNorm" in n for n in names) else "no"
+        if args.weights:
+            args.weight_scale = [1.0]
+        args.block_label = f"trained:{args.weights}" if args.weights else f"{args.model}.f"
+    else:
+        args.block_label = "field"
     for name in ("seeds", "batch", "channels", "size", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -240,8 +324,9 @@ def main(argv=None) -> list[dict]:
     write_csv(out / "grad_accuracy_summary.csv", summary)
     figures = []
     for scale in args.weight_scale:
-        title = (f"float64, batch {args.batch}, {args.channels} ch, {args.size}x{args.size}, He weights x "
-                 f"{scale:g}, {args.seeds} seed(s); J = <v, z(1)>")
+        weights = "trained weights" if args.weights else f"He weights x {scale:g}"
+        title = (f"f = {args.block_label}; float64, batch {args.batch}, {args.size}x{args.size}, {weights}, "
+                 f"{args.seeds} seed(s); J = <v, z(1)>")
         if not args.no_plot:
             figures.append(f"grad_accuracy_w{scale:g}.png")
             plot([s for s in summary if s["weight_scale"] == scale], out / figures[-1], title)
@@ -256,9 +341,10 @@ def main(argv=None) -> list[dict]:
             lines.append(f"| {scale:g} | {act} | {'yes' if norm else 'no'} | {method} | {m} | "
                          + " | ".join(f"{x:.2e}" for x in vals) + " |")
     ck = max(max(r["ck_err_input"], r["ck_err_params"]) for r in rows)
-    head = (f"float64, batch {args.batch}, {args.channels} channels, {args.size}x{args.size}, He-normal weights x "
-            f"{', '.join(f'{w:g}' for w in args.weight_scale)}, seeds 0..{args.seeds - 1}; J = <v, z(1)>; "
-            "median over seeds")
+    weights = ("trained weights" if args.weights else
+               f"He-normal weights x {', '.join(f'{w:g}' for w in args.weight_scale)}")
+    head = (f"f = {args.block_label}; float64, batch {args.batch}, {args.size}x{args.size}, {weights}, "
+            f"seeds 0..{args.seeds - 1}; J = <v, z(1)>; median over seeds")
     text = "\n".join(lines) + f"\n\nmax relative error checkpoint vs backprop over all rows: {ck:.2e}"
     print(head + "\n\n" + text + f"\n\n{len(rows)} solves in {time.time() - start:.0f} s")
     with open(out / "grad_accuracy.md", "w") as fh:
