@@ -10,15 +10,17 @@ Names (``MODELS``; full tables in docs/MODELS.md, ``python -m anodev2.models``):
 * ``resnet10`` - same with 3-3-3 blocks (stem + 9 blocks; 20 weight layers, ResNet-20's
   topology). ODE blocks: ``layer1.{0,1,2}``, ``layer2.{1,2}``, ``layer3.{1,2}``.
 * ``resnet18`` - the ANODE repo's ResNet-18: stem conv3x3 64, stages 64-128-256-512 with 2-2-2-2
-  blocks (18 weight layers). ODE blocks: ``layer1.{0,1}``, ``layer{2,3,4}.1``.
+  blocks (18 weight layers); the first block of each stage is discrete, as in the ANODE code.
+  ODE blocks: ``layer{1,2,3,4}.1``, whose f ends in a relu (the ANODE code's ``BasicBlock2``).
 * ``alexnet``  - 5 convs (64-192-384-384-256) + 3 linear (1024-1024-classes); ODE block:
   ``features.conv4`` (the only conv with equal in/out channels), ``f = relu(norm(conv3x3))``.
-* ``sqnxt23``  - SqueezeNext-23 1.0x: stem 64, stages 32-64-128-256 with 6-6-8-1 blocks, 1x1 conv
-  to 128, linear; ODE blocks: every non-transition block (``stage1.1-5``, ``stage2.1-5``,
-  ``stage3.1-7``).
+* ``sqnxt23``  - the ANODE repo's ``SqNxt_23_1x``: stem 64, stages 32-64-128-256 with 2-2-2-2
+  SqueezeNext blocks, 1x1 conv to 128, linear (461,466 parameters); ODE blocks: ``stage{1,2,3,4}.1``,
+  whose f ends in a relu as in the ANODE code.
 
-Residual functions ``f`` of ResNet/SqueezeNext blocks end in a norm (no final relu), so the
-residual form is ``z + f(z)`` and the ODE is ``dz/dt = f(z)``. Downsampling / transition blocks
+Residual functions ``f`` of resnet4/resnet10 end in a norm (no final relu); those of resnet18 and
+sqnxt23 end in a relu, as in the ANODE code. The residual form is ``z + f(z)`` and the ODE is
+``dz/dt = f(z)``. Downsampling / transition blocks
 (channel or resolution change) are ordinary residual blocks with a projection shortcut in
 every variant.
 
