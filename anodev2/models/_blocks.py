@@ -12,8 +12,11 @@ A network is written once; :class:`BlockSpec` decides, per variant, what a
   (:func:`spatial_conv_weights`; every conv of the ResNets and AlexNet, the 3x1 / 1x3
   convs of SqueezeNext).
 
-All ODE variants default to ``steps=2, method="euler"`` on ``[0, 1]`` (the ANODE
-repository's defaults: ``--method Euler --Nt 2``). Because ``Residual`` and
+All ODE variants default to ``steps=3, method="euler"`` on ``[0, 1]``: with Euler, ``f`` sees
+``θ`` only at the step starts, so three steps is the cheapest scheme in which an ANODEV2 ``f``
+sees ``θ(t)`` at three distinct times (0, 1/3, 2/3); ``steps=2`` (the ANODE repository's
+``--method Euler --Nt 2``) would show it two. All ODE variants share the default so that ANODE
+and ANODEV2 are compared at equal Nt (docs/EVOLUTION.md, "Time resolution"). Because ``Residual`` and
 ``ODEBlock`` both hold ``f`` as ``.f``, state dicts of different variants share keys
 (only the evolution coefficients are extra), and ``baseline`` equals any ODE variant
 run with ``steps=1, method="euler"`` and static weights, to round-off.
@@ -56,7 +59,7 @@ COMMON_OPTIONS: tuple[str, ...] = ("width", "norm")
 NORMS: tuple[str, ...] = ("batch", "group")
 
 _ODE_BASE: dict[str, Any] = {
-    "steps": 2, "method": "euler", "checkpoints": None, "keep_forward": False, "evolution": None,
+    "steps": 3, "method": "euler", "checkpoints": None, "keep_forward": False, "evolution": None,
     "evolution_targets": None,
 }
 VARIANT_DEFAULTS: dict[str, Optional[dict[str, Any]]] = {

@@ -71,6 +71,8 @@ def test_paper_configs_load_and_build(path):
     model, variant = path.stem.split("-")
     assert (cfg.model.name, cfg.model.variant, cfg.train.epochs, cfg.train.batch_size) == (model, variant, 350, 256)
     assert (cfg.optim.lr, list(cfg.optim.milestones), cfg.optim.weight_decay) == (0.1, [150, 250], 5e-4)
+    # the ANODE code's solver (--method Euler --Nt 2), pinned because the library default is Nt = 3
+    assert (cfg.model.steps, cfg.model.method) == ((None, None) if variant == "baseline" else (2, "euler"))
     build(cfg.model.name, cfg.model.variant, **cfg.model.build_options())
 
 

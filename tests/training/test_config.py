@@ -28,7 +28,7 @@ def test_aconnect_is_the_anode_recipe_and_every_key_is_commented():
     assert (cfg.model.name, cfg.model.variant) == ("resnet10", "anodev2")
     blocks = models.describe(models.build(cfg.model.name, cfg.model.variant, **cfg.model.build_options()))
     assert len(blocks) == 7 and all(b["evolving"] for b in blocks)
-    assert {(b["steps"], b["method"], b["grad"], b["evolution"]) for b in blocks} == {(2, "euler", "checkpoint", "rda")}
+    assert {(b["steps"], b["method"], b["grad"], b["evolution"]) for b in blocks} == {(3, "euler", "checkpoint", "rda")}
     o = cfg.optim
     assert (o.name, o.lr, o.momentum, o.weight_decay, o.milestones, o.gamma) == \
         ("sgd", 0.1, 0.9, 5e-4, (150, 250), 0.1)
