@@ -116,9 +116,9 @@ def grids(data_root: Optional[str]) -> dict[str, Grid]:
     return {
         "quick": Grid(
             base="smoke",
-            common=("data.name=synthetic", "data.subset_train=256", "data.subset_test=64", "model.width=0.25",
+            common=("data.name=synthetic", "data.subset_train=64", "data.subset_test=32", "model.width=0.25",
                     "train.epochs=1", "train.batch_size=32",
-                    "log.evolution_every=0", "log.progress=false", "train.device=cpu"),
+                    "log.evolution_every=0", "log.tensorboard=false", "log.progress=false", "train.device=cpu"),
             models=("resnet4",), seeds=(0, 1), sweep_model="resnet4",
             sweeps={"evolution": Sweep("model.evolution", ("static", "diffusion"), "anodev2", (0,),
                                        {"static": "anode"})}),

@@ -98,6 +98,21 @@ def test_resume_after_kill_equals_uninterrupted_run(full_run, one_epoch_run, tmp
     # (a finished run has nothing left to do: test_run_safety.py's lock test resumes one)
 
 
+def test_checkpoint_budget_does_not_change_training(full_run, tmp_path):
+    """The checkpointed adjoint is exact: a budget of 1 checkpoint (recompute from it) gives the
+    metrics and trained weights of full_run (ANODEV2, Nt=3, every step state kept; the same
+    command otherwise) bitwise, so the papers' grid (experiments/ablate.py) needs no
+    checkpoint-budget sweep."""
+    run = tmp_path / "run"
+    ok(run_cli(*TINY, "train.epochs=2", "model.checkpoints=1", f"out_dir={run}"))
+    assert "checkpoints=1 " in (run / "model.txt").read_text()
+    assert "checkpoints=all " in (full_run / "model.txt").read_text()
+    assert strip_time(metrics(run)) == strip_time(metrics(full_run))
+    a = torch.load(run / "last.pt", weights_only=True)["model"]
+    b = torch.load(full_run / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_loss_stops_with_status_1_and_keeps_checkpoint(one_epoch_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(one_epoch_run, run)
