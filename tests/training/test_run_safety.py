@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import REPO, TINY, cli_env, hold_run_lock, metrics, ok, run_cli
+from helpers import REPO, TINY, cli_env, hold_run_lock, metrics, run_cli
 
 from anodev2.training.cli import main
 from anodev2.training.config import load_config
@@ -38,14 +38,17 @@ def _one_error_line(proc_or_err, status=None):
 
 
 def test_a_live_run_directory_refuses_a_second_launch_and_a_resume_until_its_holder_dies(one_epoch_run, tmp_path,
-                                                                                          capsys):
+                                                                                          capsys, monkeypatch):
     run = _copy(one_epoch_run, tmp_path)
     (run / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")  # left by a writer killed earlier
     holder = hold_run_lock(run)
+    # a resume and a second launch, in this process (the CLI's code path without a torch start-up;
+    # train_coupled.py exits with main's status)
     try:
-        err = _one_error_line(run_cli("--resume", run, "train.epochs=1"), status=2)
+        assert main(["--resume", str(run), "train.epochs=1"]) == 2
+        err = _one_error_line(capsys.readouterr().err)
         assert f"in use by process {holder.pid} " in err and str(run / "run.lock") in err, err
-        assert main([*TINY, f"out_dir={run}"]) == 2  # a second launch (in-process: same code path, no start-up)
+        assert main([*TINY, f"out_dir={run}"]) == 2
         assert f"in use by process {holder.pid} " in _one_error_line(capsys.readouterr().err)
         assert (run / ".last.pt.killed.tmp").exists()  # nothing touched while another process owns the dir
     finally:
@@ -54,8 +57,9 @@ def test_a_live_run_directory_refuses_a_second_launch_and_a_resume_until_its_hol
     # the stale lock file does not block; resuming from another directory needs no data.root
     # because config.yaml stores the absolute data root
     assert load_config(str(run / "config.yaml")).data.root == str((REPO / "data").resolve())
-    proc = ok(run_cli("--resume", run, "train.epochs=1", cwd=tmp_path))
-    assert "nothing to do" in proc.stdout and (run / "run.lock").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--resume", str(run), "train.epochs=1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out and (run / "run.lock").exists()
     assert not list(run.glob(".*.tmp"))  # stale temporaries are removed once the lock is held
 
 
@@ -179,7 +183,10 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_keeps_last_pt(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(REPO / "train_coupled.py"), *TINY, "train.epochs=50",
                              "data.subset_train=16", "data.subset_test=8", "log.tensorboard=false", f"out_dir={run}"],
-                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's Ctrl-C: pytest started as a background job (nohup ... &) passes
+                            # SIGINT on ignored, and Python then keeps ignoring it (the run would not stop)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not checksum_path(run / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
