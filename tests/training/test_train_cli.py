@@ -1,7 +1,8 @@
 """train_coupled.py end to end (subprocess) on tiny synthetic data, plus the shared real data when present.
 
 Covers: a finished run's metrics.jsonl / config.yaml / weights_only checkpoints, TensorBoard
-weight-evolution tags for every evolving weight and step, exact kill-and-resume, the
+weight-evolution tags for every evolving weight and step, exact kill-and-resume, a checkpoint
+budget of 1 training bitwise like keeping every step state, the
 non-finite-loss stop (exit 1, checkpoint intact), every kind of bad input (exit 2, one
 'error:' line), and a 2-process torchrun (gloo) run.
 """
