@@ -121,7 +121,7 @@ def test_describe_lists_the_ode_blocks(name, variant):
     assert [n for n, _ in ode_blocks(model)] == EXPECTED_BLOCKS[name]
     for r, (_, block) in zip(rows, ode_blocks(model)):
         assert isinstance(block, anodev2.ODEBlock)
-        assert (r["steps"], r["method"], r["grad"], r["checkpoints"]) == (2, "euler", EXPECTED_GRAD[variant], None)
+        assert (r["steps"], r["method"], r["grad"], r["checkpoints"]) == (3, "euler", EXPECTED_GRAD[variant], None)
         if variant == "anodev2":
             assert r["evolution"] == "rda"
             convs = {f"{n}.weight": tuple(m.weight.shape) for n, m in block.f.named_modules()
