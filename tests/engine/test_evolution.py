@@ -106,7 +106,7 @@ def step_matrix(evo: RDAEvolution, shape, method: str, h: float) -> torch.Tensor
     return torch.stack(cols, dim=-1)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # reproducible in CI
 @given(
     kh=st.sampled_from([1, 3, 5, 7]) | st.integers(1, 7),
     kw=st.sampled_from([1, 3, 5, 7]) | st.integers(1, 7),
