@@ -94,16 +94,17 @@ def test_operator_rejects_bad_input():
 
 def step_matrix(evo: RDAEvolution, shape, method: str, h: float) -> torch.Tensor:
     """The explicit one-step matrix over one kH*kW slice per output channel: ``[O, HW, HW]``,
-    column c = one solver step applied to the unit vector e_c (every slice of the batch)."""
+    column c = one solver step applied to the unit vector e_c. One solve for all columns: the
+    same coefficients on a weight with one input channel per unit vector (slices evolve
+    independently, coefficients are per output channel)."""
     o, _, kh, kw = shape
     cells = kh * kw
-    eye = torch.eye(cells, dtype=D64).reshape(cells, kh, kw)
-    cols = []
-    for c in range(cells):
-        w0 = eye[c].expand(o, 1, kh, kw).contiguous()
-        (w1,) = anodev2.odeint(lambda t, th: evo(t, th), (w0,), 0.0, h, steps=1, method=method, grad="backprop")
-        cols.append(w1.reshape(o, cells))
-    return torch.stack(cols, dim=-1)
+    wide = build_evolution(evo.kind, {"w": (o, cells, kh, kw)}, d_max=evo.d_max, a_max=evo.a_max,
+                           r_max=evo.r_max).double()
+    wide.set_coefficients(evo.coefficients())
+    w0 = torch.eye(cells, dtype=D64).reshape(1, cells, kh, kw).expand(o, -1, -1, -1).contiguous()
+    (w1,) = anodev2.odeint(lambda t, th: wide(t, th), (w0,), 0.0, h, steps=1, method=method, grad="backprop")
+    return w1.reshape(o, cells, cells).transpose(1, 2)  # [o, p, c]
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)  # reproducible in CI
