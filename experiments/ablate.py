@@ -20,13 +20,14 @@ run again, its sweep cell reads that main-table run.
 
 Grids (``--grid``):
   quick   synthetic data, tiny width, 1 epoch: tests the script in seconds.
-  cpu     the CPU-budget grid on real CIFAR-10 (ResNet-4, 3 seeds x 4 variants, evaluation after
-          every epoch, and the evolution-kind sweep for one seed); about 90 minutes on 2 cores.
+  cpu     the CPU-budget grid on real CIFAR-10 (ResNet-4, 3 seeds x 4 variants, 20 epochs of
+          10,000 images, evaluation after every epoch): about 2 hours on 2 cores with --jobs 2;
+          the evolution-kind sweep for one seed (3 more ANODEV2 runs) adds about 30 minutes.
   paper   the papers' table: experiments/configs/paper/MODEL-VARIANT.yaml (350 epochs) for
           ResNet-4 / ResNet-10 / AlexNet x 4 variants x 3 seeds, and the Nt / method / evolution
           sweeps of ANODEV2 on ResNet-10 (GPU cluster; docs/REPRODUCE.md).
 
-    python experiments/ablate.py --grid cpu --data-root runs/data --out runs/ablate_cpu --jobs 2
+    python experiments/ablate.py --grid cpu --data-root runs/data --out runs/ablate_cpu --jobs 2 [--no-sweeps]
     python experiments/ablate.py --grid paper --data-root /data/cifar10 --out runs/paper \\
         --launcher submitit --partition gpu --gpus-per-job 1 --cpus-per-job 8 --time-limit 2880
     python experiments/ablate.py --grid cpu --out runs/ablate_cpu --aggregate-only
@@ -124,7 +125,7 @@ def grids(data_root: Optional[str]) -> dict[str, Grid]:
                                        {"static": "anode"})}),
         "cpu": Grid(
             base="aconnect",
-            common=(*root, "data.subset_train=10000", "train.epochs=4", "train.eval_every=1",
+            common=(*root, "data.subset_train=10000", "train.epochs=20", "train.eval_every=1",
                     "optim.schedule=cosine", "optim.lr=0.05", "optim.warmup_epochs=0", "train.batch_size=128",
                     "train.device=cpu", "log.progress=false", "log.evolution_every=2"),
             models=("resnet4",), seeds=(0, 1, 2), sweep_model="resnet4",
@@ -149,7 +150,9 @@ def _main_run(grid: Grid, model: str, variant: str, seed: int) -> Run:
 def select(grid: Grid, models: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
            seeds: Optional[Sequence[int]] = None) -> Grid:
     """The grid restricted to ``models`` / ``variants`` / ``seeds`` (None: all); sweeps whose model,
-    variant or seeds are all left out go too."""
+    variant or seeds are all left out go too, and so do the sweep values that stand for a
+    main-table run of a variant left out (``--variants anodev2`` runs the evolution sweep
+    without its ``static`` cell, which is the ANODE run)."""
     models = tuple(m for m in grid.models if not models or m in models)
     variants = tuple(v for v in grid.variants if not variants or v in variants)
     seeds = tuple(s for s in grid.seeds if not seeds or s in seeds)
@@ -157,8 +160,10 @@ def select(grid: Grid, models: Optional[Sequence[str]] = None, variants: Optiona
     if grid.sweep_model in models:
         for name, sw in grid.sweeps.items():
             kept = tuple(s for s in sw.seeds if s in seeds)
-            if sw.variant in variants and kept:
-                sweeps[name] = replace(sw, seeds=kept)
+            values = tuple(v for v in sw.values if v not in sw.same_as or sw.same_as[v] in variants)
+            if sw.variant in variants and kept and values:
+                same_as = {v: main for v, main in sw.same_as.items() if v in values}
+                sweeps[name] = replace(sw, seeds=kept, values=values, same_as=same_as)
     return replace(grid, models=models, variants=variants, seeds=seeds, sweeps=sweeps)
 
 
@@ -376,6 +381,7 @@ def tables(grid: Grid, rows: list[dict]) -> str:
             quoted = [PAPER[m].get(v) for v in grid.variants]
             lines.append(f"| {m} | quoted | " + " | ".join("– | –" if q is None else f"{q[0]:.2f} / {q[1]:.2f} | {q[2]:.2f}"
                                                            for q in quoted) + " |")
+    lines += per_seed(grid, main)
     for name, cells in sweep_cells(grid).items():
         settings = list(dict.fromkeys(s for s, _ in cells))
         sw = grid.sweeps[name]
@@ -385,6 +391,36 @@ def tables(grid: Grid, rows: list[dict]) -> str:
                   "| test acc avg (min–max, n) | " + " | ".join(
                       _cell([acc.get(r.name) for s2, r in cells if s2 == s]) for s in settings) + " |"]
     return "\n".join(lines) + "\n"
+
+
+def per_seed(grid: Grid, main: list[dict]) -> list[str]:
+    """Markdown lines: per model, final test accuracy (%) of every seed and variant and, when the
+    grid has both, the paired difference ANODEV2 − ANODE per seed (same seed: same data order,
+    initial weights and augmentation; the evolution is the only difference) with its mean."""
+    paired = "anode" in grid.variants and "anodev2" in grid.variants
+    lines = []
+    for m in grid.models:
+        acc = {(r["variant"], r["seed"]): r["final_test_acc"] for r in main if r["model"] == m}
+        lines += ["", f"Per seed ({m}, final test accuracy %):", "",
+                  "| seed | " + " | ".join(VARIANT_TITLES[v] for v in grid.variants)
+                  + (" | ANODEV2 − ANODE |" if paired else " |"),
+                  "|---|" + "---:|" * (len(grid.variants) + paired)]
+        diffs = []
+        for seed in grid.seeds:
+            vals = [acc.get((v, seed)) for v in grid.variants]
+            row = " | ".join("–" if a is None else f"{100 * a:.2f}" for a in vals)
+            if paired:
+                a, b = acc.get(("anode", seed)), acc.get(("anodev2", seed))
+                diff = None if a is None or b is None else 100 * (b - a)
+                if diff is not None:
+                    diffs.append(diff)
+                row += " | " + ("–" if diff is None else f"{diff:+.2f}")
+            lines.append(f"| {seed} | {row} |")
+        if paired and diffs:
+            mean = sum(diffs) / len(diffs)
+            lines.append(f"| mean | {' | '.join('' for _ in grid.variants)} | {mean:+.2f} (n={len(diffs)}, "
+                         f"{sum(d < 0 for d in diffs)} negative) |")
+    return lines
 
 
 def plot_curves(grid: Grid, out: Path, path: Path) -> None:
@@ -441,6 +477,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--models", nargs="*", help="restrict the grid to these models")
     p.add_argument("--variants", nargs="*", choices=VARIANTS, help="restrict the grid to these variants")
     p.add_argument("--seeds", nargs="*", type=int, help="restrict the grid to these seeds")
+    p.add_argument("--no-sweeps", action="store_true", help="the main table only (leave out the grid's sweeps)")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for every run, after the grid's own (e.g. train.epochs=12)")
@@ -481,6 +518,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     full = grids(args.data_root)[args.grid]
     grid = select(full, args.models, args.variants, args.seeds)
+    if args.no_sweeps:
+        grid = replace(grid, sweeps={})
     grid.common = (*grid.common, *args.set)
     runs = expand(grid)
     if not runs:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What the weight evolution of trained ANODEV2 runs learned and how much the network uses it.
 
-For every run directory (a ``train_coupled.py`` output with ``best.pt`` or ``last.pt``):
+For every run directory (a ``train_coupled.py`` output with ``best.pt`` or ``last.pt``;
+``--checkpoint last`` takes the end of training):
 
 * **coefficients**: per ODE block and term, the distribution (mean, std, min, max over every
   output channel of every evolving weight) after training and of the untrained model built with
@@ -11,6 +12,10 @@ For every run directory (a ``train_coupled.py`` output with ``best.pt`` or ``las
 * **accuracy**: test accuracy of the trained model, and with its evolution switched off
   (every coefficient set to 0 through ``set_coefficients``, i.e. ANODE with the same weights);
   the drop says how much the network uses θ(t);
+* **history**: from the run's TensorBoard events (``log.evolution_every``), the largest
+  coefficient magnitude ``max(|min|, |max|)`` of every weight and term at every logged epoch, and
+  the drift ``||θ(t_N) - θ(0)|| / ||θ(0)||`` per logged epoch: whether the coefficients moved during
+  training, not only where they ended;
 * **pictures** (``--pictures``): per evolving weight, the kernels ``θ(t_n)`` (rows t_0..t_N,
   first input-channel slice of the first ``--max-kernels`` output channels) and ``θ(t_n) - θ(0)``,
   each with a colour bar; and a histogram of each term's coefficients, init vs trained.
@@ -35,11 +40,13 @@ from anodev2.training.run_files import load_checkpoint
 from anodev2.training.config import config_from_dict
 
 
-def load_run(run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, object]:
-    """(trained model, untrained model of the same seed, config) of one run directory."""
-    path = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
+def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(trained model, untrained model of the same seed, config) of one run directory;
+    ``checkpoint`` "best" reads best.pt (else last.pt), "last" reads last.pt (the end of training)."""
+    names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
+    path = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
     if path is None:
-        raise SystemExit(f"error: {run_dir} has no best.pt or last.pt (is it a train_coupled.py run directory?)")
+        raise SystemExit(f"error: {run_dir} has no {' or '.join(names)} (is it a train_coupled.py run directory?)")
     ck = load_checkpoint(path)
     if "config" not in ck or "model" not in ck:
         raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
@@ -99,6 +106,30 @@ def switch_off(model: torch.nn.Module) -> None:
     """Set every evolution coefficient of ``model`` to 0 (q ≡ 0: the static-weight network)."""
     for _, block in evolving_blocks(model):
         block.evolution.set_coefficients({k: 0.0 for k in block.evolution.coefficients()})
+
+
+def tensorboard_history(run_dir: Path) -> dict[str, list[list[float]]]:
+    """{"<block>/<weight>/<term>": [[epoch, max |coefficient|], ...],
+    "<block>/<weight>/drift": [[epoch, ||θ(t_N) - θ(0)|| / ||θ(0)||], ...]} from the run's TensorBoard
+    events (tags of ``anodev2.training.tensorboard``); {} when the run logged none."""
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(run_dir), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    out: dict[str, list[list[float]]] = {}
+    for tag in sorted(tags):
+        m = re.fullmatch(r"evolution/(.+)/coef/([^/]+)/max", tag)
+        if m and f"{tag[:-4]}/min" in tags:
+            lows = {e.step: e.value for e in acc.Scalars(f"{tag[:-4]}/min")}
+            out[f"{m.group(1)}/{m.group(2)}"] = [[e.step, max(abs(e.value), abs(lows.get(e.step, 0.0)))]
+                                                 for e in acc.Scalars(tag)]
+        m = re.fullmatch(r"evolution/(.+)/rel_change/t(\d+)", tag)
+        if m and f"evolution/{m.group(1)}/rel_change/t{int(m.group(2)) + 1}" not in tags:  # the last t_n
+            out[f"{m.group(1)}/drift"] = [[e.step, e.value] for e in acc.Scalars(tag)]
+    return out
 
 
 def _safe(name: str) -> str:
@@ -164,16 +195,17 @@ def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, tr
 
 
 def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
-    trained, untrained, cfg = load_run(run_dir)
+    trained, untrained, cfg = load_run(run_dir, args.checkpoint)
     if not evolving_blocks(trained):
         raise SystemExit(f"error: {run_dir}: no ODE block has evolving weights (variant {cfg.model.variant!r}, "
                          f"evolution {cfg.model.evolution!r}); give anodev2 runs with a non-static evolution")
     image = (1, 28, 28) if cfg.data.name == "mnist" else (3, 32, 32)
     traj, traj0 = trajectories(trained, image), trajectories(untrained, image)
-    rec = {"run": str(run_dir), "seed": cfg.train.seed,
+    rec = {"run": str(run_dir), "seed": cfg.train.seed, "checkpoint": args.checkpoint,
            "coefficients": coefficient_stats(trained), "coefficients_init": coefficient_stats(untrained),
            "drift": {f"{b}.{w}": drift(th) for b, ws in traj.items() for w, th in ws.items()},
            "drift_untrained": {f"{b}.{w}": drift(th) for b, ws in traj0.items() for w, th in ws.items()}}
+    rec["history"] = tensorboard_history(run_dir)
     if not args.no_accuracy:
         _, test = load_datasets(cfg.data.name, root=args.data_root or cfg.data.root, download=False,
                                 subset_test=cfg.data.subset_test if args.subset_test is None else args.subset_test,
@@ -183,7 +215,7 @@ def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
         switch_off(trained)
         rec["test_acc_evolution_off"] = accuracy(trained, loader)
     if args.pictures:
-        trained_again, _, _ = load_run(run_dir)  # pictures of the trained coefficients, not the zeroed ones
+        trained_again, _, _ = load_run(run_dir, args.checkpoint)  # pictures of the trained coefficients, not the zeroed ones
         rec["pictures"] = draw(run_dir.name, trained_again, untrained, traj, args.out, args.max_kernels)
     return rec
 
@@ -208,6 +240,13 @@ def print_tables(records: list[dict]) -> None:
                 i = r["coefficients_init"][block][term]
                 print(f"| {Path(r['run']).name} | {block} | {term} | {i['mean']:.2e} ± {i['std']:.1e} "
                       f"| {s['mean']:.2e} ± {s['std']:.1e} | {s['min']:.2e} .. {s['max']:.2e} |")
+    if any(r.get("history") for r in records):
+        print("\n| run | weight / term | max abs coefficient (or drift) at the logged epochs |")
+        print("|---|---|---|")
+        for r in records:
+            for key, points in r.get("history", {}).items():
+                values = ", ".join(f"e{int(e)}: {v:.2e}" for e, v in points)
+                print(f"| {Path(r['run']).name} | {key} | {values} |")
 
 
 def main(argv=None) -> int:
@@ -217,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output directory (evolution_report.json, pictures)")
     p.add_argument("--pictures", action="store_true", help="also draw kernel pictures and coefficient histograms")
     p.add_argument("--max-kernels", type=int, default=16, help="kernels per picture row (default 16)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="best.pt (default; last.pt where there is none) or last.pt (the end of training)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluations")
     p.add_argument("--data-root", help="data directory (default: the run's data.root)")
     p.add_argument("--subset-test", type=int, help="test images to use (default: the run's data.subset_test)")

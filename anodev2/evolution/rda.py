@@ -30,10 +30,11 @@ closed bounds by projection: after a parameter changes in place (an optimiser st
 through ``Tensor._version``), the next forward clamps it into its bounds before use - projected
 gradient descent. Zero is an allowed value of every term and gives ``q ≡ 0`` exactly.
 
-**Cost.** Targets with the same kernel size share one coefficient tensor ``[terms, ΣO]`` and
-are evolved together: one concatenation, one matmul with the fixed stencil matrices, one
-batched contraction with the coefficients, one ``tanh`` and one ``addcmul``, whatever the number
-of targets.
+**Cost.** Targets with the same kernel size share one coefficient tensor ``[terms, ΣO]``. Two
+small matmuls with fixed stencil matrices (one for the coefficients, one for their absolute
+values) fold the coefficients into one ``HW x HW`` operator per output channel; the targets
+that also share ``in_channels`` (every target of a ResNet block) are then evolved together by
+one concatenation, one batched matmul, one ``tanh`` and one ``addcmul``, whatever their number.
 
 Initialisation: ``init_scale = 0`` (default) starts every coefficient at 0, so an ANODEV2 block
 starts as the ANODE block with the same weights and draws nothing from the RNG; ``init_scale >
@@ -53,7 +54,7 @@ import torch
 from torch import nn
 
 from .base import WeightEvolution, check_conv_shapes
-from .operators import stencil_matrices
+from .operators import STENCILS, stencil_matrices
 
 __all__ = ["RDAEvolution", "RDA_KINDS", "RDA_TERMS", "RDA_OPTIONS", "check_options"]
 
@@ -107,14 +108,34 @@ def check_options(options: Mapping[str, object], terms: Sequence[str] = RDA_TERM
     return out
 
 
+class _Batch:
+    """Targets of one group that also share ``in_channels``: evolved by one batched matmul."""
+
+    def __init__(self, in_channels: int):
+        self.in_channels = in_channels
+        self.members: list[int] = []  # target indices
+        self.sizes: list[int] = []  # their out_channels
+        self.channels: list[int] = []  # their channels in the group's coefficient tensor
+        self.span: tuple[int, int] | None = None  # (first, stop) when those channels are contiguous
+
+
 class _Group:
-    """Targets sharing one kernel size ``(kH, kW)``: their indices and channel offsets."""
+    """Targets sharing one kernel size ``(kH, kW)`` (one coefficient tensor), split into
+    batches of equal ``in_channels`` (one matmul each; a ResNet block has a single one)."""
 
     def __init__(self, key: str, size: tuple[int, int]):
         self.key, self.size = key, size
         self.members: list[int] = []  # target indices
         self.offsets: list[int] = [0]  # channel offsets in the group's coefficient tensor
-        self.rows: list[int] = []  # channel of every [O*I] row, in concatenation order
+        self.batches: dict[int, _Batch] = {}  # in_channels -> batch
+
+
+def _channels(x: torch.Tensor, batch: _Batch, index: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``x`` (indexed by group channel) that belong to ``batch``: a view when they are
+    contiguous, else an ``index_select`` with ``index``."""
+    if batch.span is not None:
+        return x[batch.span[0]:batch.span[1]]
+    return x.index_select(0, index)
 
 
 class RDAEvolution(WeightEvolution):
@@ -154,7 +175,10 @@ class RDAEvolution(WeightEvolution):
             group = by_size[size]
             start = group.offsets[-1]
             group.members.append(index)
-            group.rows += [start + o for o in range(shape[0]) for _ in range(shape[1])]
+            batch = group.batches.setdefault(shape[1], _Batch(shape[1]))
+            batch.members.append(index)
+            batch.sizes.append(shape[0])
+            batch.channels += range(start, start + shape[0])
             group.offsets.append(start + shape[0])
             self._where[name] = (group, start, start + shape[0])
 
@@ -163,9 +187,8 @@ class RDAEvolution(WeightEvolution):
         self.register_buffer("_high", torch.tensor(high).view(-1, 1), persistent=False)
         # Which stencils the kind needs, split in those scaled by a coefficient and by its |.|.
         linear = [(ti, s, use_abs) for ti, t in enumerate(terms) for s, use_abs in _LINEAR.get(t, ())]
-        self._plain = [ti for ti, _, use_abs in linear if not use_abs]
-        self._absolute = [ti for ti, _, use_abs in linear if use_abs]
-        stencils = [s for _, s, a in linear if not a] + [s for _, s, a in linear if a]
+        self._linear = bool(linear)
+        self._absolute = any(use_abs for _, _, use_abs in linear)
         self._reaction = terms.index("reaction") if "reaction" in terms else None
 
         self.raw = nn.ParameterDict()
@@ -180,12 +203,27 @@ class RDAEvolution(WeightEvolution):
                 value = torch.minimum(torch.maximum(value, self._low), self._high)
             self.raw[group.key] = nn.Parameter(value)
             cells = group.size[0] * group.size[1]
-            if stencils and cells > 1:
-                mats = stencil_matrices(*group.size)[stencils]  # [k, HW, HW]
-                # q_k[n, p] = sum_c S[k, p, c] w[n, c]  ->  w @ S.permute(2, 0, 1).reshape(HW, k*HW)
-                self.register_buffer(f"_stencil_{group.key}",
-                                     mats.permute(2, 0, 1).reshape(cells, -1).float(), persistent=False)
-            self.register_buffer(f"_rows_{group.key}", torch.tensor(group.rows), persistent=False)
+            if linear and cells > 1:
+                # Per term row, the sum of the stencils it multiplies, transposed and flattened to
+                # [terms, HW_in * HW_out]: coefficients^T [C, terms] @ this = the per-channel
+                # operators M_c^T (a slice row w [HW_in] maps to w @ M_c^T). "plain" takes the
+                # coefficient, "upwind" its absolute value; the reaction row is zero in both.
+                mats = stencil_matrices(*group.size).transpose(1, 2).reshape(len(STENCILS), -1)
+                for part, want_abs in (("plain", False), ("upwind", True)):
+                    if want_abs and not self._absolute:
+                        continue
+                    rows = torch.zeros(len(terms), cells * cells, dtype=torch.float64)
+                    for ti, s, use_abs in linear:
+                        if use_abs == want_abs:
+                            rows[ti] += mats[s]
+                    self.register_buffer(f"_{part}_{group.key}", rows.float(), persistent=False)
+            for i, batch in enumerate(group.batches.values()):
+                first = batch.channels[0]
+                batch.span = (first, first + len(batch.channels)) \
+                    if batch.channels == list(range(first, first + len(batch.channels))) else None
+                if batch.span is None:
+                    self.register_buffer(f"_channels_{group.key}_{i}", torch.tensor(batch.channels),
+                                         persistent=False)
 
     # --- coefficients ------------------------------------------------------------------
     def bounds(self) -> dict[str, tuple[float, float]]:
@@ -255,33 +293,37 @@ class RDAEvolution(WeightEvolution):
 
     # --- the rate ----------------------------------------------------------------------
     def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        # Per group: fold the coefficients into one operator per output channel,
+        # M_c = D_c S_lap + a_x,c S_cx + |a_x,c| S_ux + ..., with two matmuls [C, terms] @ [terms, HW*HW];
+        # then per batch of equal in_channels one bmm  [ΣO, I, HW] @ [ΣO, HW, HW]  applies it to
+        # every slice, plus one tanh / addcmul for the reaction.
         self._project()
         out: list[torch.Tensor] = [torch.empty(0)] * len(thetas)
         for group in self._groups:
-            ws = [thetas[i] for i in group.members]
-            dtype = ws[0].dtype
+            dtype = thetas[group.members[0]].dtype
             cells = group.size[0] * group.size[1]
-            flat = [w.reshape(-1, cells) for w in ws]
-            w = flat[0] if len(flat) == 1 else torch.cat(flat)  # [N = sum O*I, HW]
             coef = self.raw[group.key].to(dtype)  # [terms, C]
-            rows = getattr(self, f"_rows_{group.key}")
-            stencil = getattr(self, f"_stencil_{group.key}", None)
-            q = None
-            if stencil is not None:
-                k = len(self._plain) + len(self._absolute)
-                per = torch.cat([coef[self._plain], coef[self._absolute].abs()]) if self._absolute \
-                    else coef[self._plain]
-                per_row = per.index_select(1, rows).t().unsqueeze(1)  # [N, 1, k]
-                applied = (w @ stencil.to(dtype)).view(-1, k, cells)  # [N, k, HW]
-                q = torch.bmm(per_row, applied).squeeze(1)  # [N, HW]
-            if self._reaction is not None:
-                r = coef[self._reaction].index_select(0, rows).unsqueeze(1)  # [N, 1]
-                q = r * torch.tanh(w) if q is None else torch.addcmul(q, r, torch.tanh(w))
-            if q is None:  # diffusion/advection on 1x1 kernels: nothing moves
-                q = torch.zeros_like(w)
-            sizes = [f.shape[0] for f in flat]
-            for i, part in zip(group.members, torch.split(q, sizes) if len(sizes) > 1 else (q,)):
-                out[i] = part.view(thetas[i].shape)
+            plain = getattr(self, f"_plain_{group.key}", None)
+            ops = None
+            if plain is not None:
+                ops = coef.t() @ plain.to(dtype)  # [C, HW_in * HW_out]
+                if self._absolute:
+                    ops = torch.addmm(ops, coef.t().abs(), getattr(self, f"_upwind_{group.key}").to(dtype))
+                ops = ops.view(-1, cells, cells)  # [C, HW_in, HW_out]
+            reaction = coef[self._reaction] if self._reaction is not None else None  # [C]
+            for i, batch in enumerate(group.batches.values()):
+                parts = [thetas[m].reshape(o, batch.in_channels, cells) for m, o in zip(batch.members, batch.sizes)]
+                w = parts[0] if len(parts) == 1 else torch.cat(parts)  # [ΣO, I, HW]
+                index = None if batch.span is not None else getattr(self, f"_channels_{group.key}_{i}")
+                q = torch.bmm(w, _channels(ops, batch, index)) if ops is not None else None
+                if reaction is not None:
+                    r = _channels(reaction, batch, index).view(-1, 1, 1)
+                    q = r * torch.tanh(w) if q is None else torch.addcmul(q, r, torch.tanh(w))
+                if q is None:  # diffusion/advection on 1x1 kernels: nothing moves
+                    q = torch.zeros_like(w)
+                pieces = torch.split(q, batch.sizes) if len(batch.sizes) > 1 else (q,)
+                for m, piece in zip(batch.members, pieces):
+                    out[m] = piece.view(thetas[m].shape)
         return tuple(out)
 
     def extra_repr(self) -> str:

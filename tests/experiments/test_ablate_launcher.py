@@ -58,6 +58,29 @@ def test_paper_grid_size():
     assert len(runs) == 36 + 3 * (3 + 2 + 3)
 
 
+def test_selecting_a_variant_drops_sweep_cells_that_are_other_variants_runs():
+    full = ablate.grids("data")["cpu"]
+    grid = ablate.select(full, variants=["anodev2"], seeds=[0])
+    names = [r.name for r in ablate.expand(grid)]
+    assert names == ["resnet4-anodev2-s0"] + [f"resnet4-anodev2-evolution={k}-s0"
+                                              for k in ("diffusion", "advection", "reaction")]
+    assert "static" not in grid.sweeps["evolution"].values and "static" in full.sweeps["evolution"].values
+    # with ANODE selected too, the static cell is back and reads the ANODE run
+    grid = ablate.select(full, variants=["anode", "anodev2"], seeds=[0])
+    cells = dict(ablate.sweep_cells(grid)["evolution"])
+    assert cells["static"].name == "resnet4-anode-s0"
+
+
+def test_no_sweeps_lists_the_main_table_only(tmp_path, capsys):
+    args = ["--grid", "cpu", "--out", str(tmp_path), "--dry-run"]
+    assert ablate.main(args) == 0
+    every = capsys.readouterr().out.splitlines()
+    assert ablate.main([*args, "--no-sweeps"]) == 0
+    main_only = capsys.readouterr().out.splitlines()
+    assert len(every) == 15 and len(main_only) == 12  # 4 variants x 3 seeds (+ 3 evolution-kind runs)
+    assert main_only == [line for line in every if "evolution=" not in line.split(":")[0]]
+
+
 def test_sweep_value_without_its_main_run_is_an_error():
     grid = ablate.select(ablate.grids(None)["quick"], variants=["anodev2"])
     grid.sweeps = {"evolution": ablate.Sweep("model.evolution", ("static",), "anodev2", (0,), {"static": "anode"})}

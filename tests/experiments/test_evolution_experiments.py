@@ -11,6 +11,8 @@ import pytest
 import torch
 from helpers import TINY, cli_env, run_cli
 
+from anodev2.training.run_files import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
 
@@ -91,6 +93,14 @@ def test_report_on_a_tiny_trained_run(tiny_run, tmp_path):
     assert all(v > 0.0 for v in rec["drift"].values())
     assert all((tmp_path / f).is_file() for f in rec["pictures"]) and len(rec["pictures"]) >= 2
     assert "| run | seed | test acc | acc, evolution off | drop |" in r.stdout
+    # history from the run's TensorBoard events: every weight x term plus the drift, every epoch
+    history = rec["history"]
+    terms = {k.rsplit("/", 1)[1] for k in history}
+    assert terms == {"diffusion", "advection_x", "advection_y", "reaction", "drift"}
+    assert all([e for e, _ in points] == [1, 2] for points in history.values())
+    assert all(v > 0 for points in history.values() for _, v in points)  # moved from 0 by epoch 1
+    assert any(points[0][1] != points[-1][1] for points in history.values())  # and kept moving
+    assert "max abs coefficient (or drift) at the logged epochs" in r.stdout
 
 
 def test_tensorboard_coefficient_histograms_move_across_epochs(tiny_run):
@@ -106,3 +116,25 @@ def test_tensorboard_coefficient_histograms_move_across_epochs(tiny_run):
         first, last = events[0].histogram_value, events[-1].histogram_value
         moved += (first.min, first.max, first.sum) != (last.min, last.max, last.sum)
     assert moved == len(tags)
+
+
+def test_report_checkpoint_choice(tiny_run, tmp_path):
+    """``--checkpoint last`` reads last.pt (the end of training) even where best.pt exists, and says
+    so when there is none; the default falls back to last.pt when there is no best.pt."""
+    import shutil
+
+    import evolution_report
+
+    only_best, only_last = tmp_path / "only_best", tmp_path / "only_last"
+    for d, keep in ((only_best, "best.pt"), (only_last, "last.pt")):
+        d.mkdir()
+        for name in (keep, keep + ".sha256"):
+            if (tiny_run / name).is_file():
+                shutil.copy(tiny_run / name, d / name)
+    with pytest.raises(SystemExit, match="has no last.pt"):
+        evolution_report.load_run(only_best, "last")
+    for run, checkpoint, source in ((tiny_run, "last", "last.pt"), (only_last, "best", "last.pt"),
+                                    (tiny_run, "best", "best.pt")):
+        trained, _, _ = evolution_report.load_run(run, checkpoint)
+        saved = load_checkpoint(tiny_run / source)["model"]
+        assert all(torch.equal(v, saved[k]) for k, v in trained.state_dict().items()), (run, checkpoint)

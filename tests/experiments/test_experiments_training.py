@@ -71,6 +71,13 @@ def test_grid_runs_aggregates_and_skips_finished_runs(grid_dir, capsys):
     assert "| model | runs | ANODE min / max | avg | ANODEV2 min / max | avg |\n" in summary  # the table's order
     lo, hi = sorted(100 * accs[f"resnet4-anode-s{s}"] for s in (0, 1))
     assert f"| {lo:.2f} / {hi:.2f} | {(lo + hi) / 2:.2f} (n=2) |" in summary
+    # per-seed table with the paired ANODEV2 - ANODE difference and its mean
+    pct = {k: 100 * v for k, v in accs.items()}
+    diffs = [pct[f"resnet4-anodev2-s{s}"] - pct[f"resnet4-anode-s{s}"] for s in (0, 1)]
+    assert "| seed | ANODE | ANODEV2 | ANODEV2 − ANODE |\n" in summary
+    for s, d in zip((0, 1), diffs):
+        assert f"| {s} | {pct[f'resnet4-anode-s{s}']:.2f} | {pct[f'resnet4-anodev2-s{s}']:.2f} | {d:+.2f} |" in summary
+    assert f"| mean |  |  | {sum(diffs) / 2:+.2f} (n=2, {sum(d < 0 for d in diffs)} negative) |" in summary
     # the static cell of the evolution sweep reads the ANODE seed-0 run
     cells = [c.strip() for c in summary.strip().splitlines()[-1].strip("|").split("|")]
     a = 100 * accs["resnet4-anode-s0"]
