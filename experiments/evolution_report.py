@@ -206,6 +206,8 @@ def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
            "drift": {f"{b}.{w}": drift(th) for b, ws in traj.items() for w, th in ws.items()},
            "drift_untrained": {f"{b}.{w}": drift(th) for b, ws in traj0.items() for w, th in ws.items()}}
     rec["history"] = tensorboard_history(run_dir)
+    if args.pictures:  # before the accuracy block, which zeroes the coefficients
+        rec["pictures"] = draw(run_dir.name, trained, untrained, traj, args.out, args.max_kernels)
     if not args.no_accuracy:
         _, test = load_datasets(cfg.data.name, root=args.data_root or cfg.data.root, download=False,
                                 subset_test=cfg.data.subset_test if args.subset_test is None else args.subset_test,
@@ -214,9 +216,6 @@ def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
         rec["test_acc"] = accuracy(trained, loader)
         switch_off(trained)
         rec["test_acc_evolution_off"] = accuracy(trained, loader)
-    if args.pictures:
-        trained_again, _, _ = load_run(run_dir, args.checkpoint)  # pictures of the trained coefficients, not the zeroed ones
-        rec["pictures"] = draw(run_dir.name, trained_again, untrained, traj, args.out, args.max_kernels)
     return rec
 
 

@@ -187,7 +187,6 @@ class RDAEvolution(WeightEvolution):
         self.register_buffer("_high", torch.tensor(high).view(-1, 1), persistent=False)
         # Which stencils the kind needs, split in those scaled by a coefficient and by its |.|.
         linear = [(ti, s, use_abs) for ti, t in enumerate(terms) for s, use_abs in _LINEAR.get(t, ())]
-        self._linear = bool(linear)
         self._absolute = any(use_abs for _, _, use_abs in linear)
         self._reaction = terms.index("reaction") if "reaction" in terms else None
 
