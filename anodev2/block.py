@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .adjoint import Checkpoint, Grad, GradMode, get_grad_mode
-from .adjoint.modes import reject_loose_options
+from .adjoint.registry import reject_loose_options
 from .evolution import EVOLUTION_KINDS, WeightEvolution, build_evolution
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
 from .solvers import ButcherTableau, Method, get_tableau

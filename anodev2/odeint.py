@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .adjoint import Backprop, Checkpoint, Grad, get_grad_mode
-from .adjoint.modes import reject_loose_options
-from .adjoint.spec import SolveSpec
+from .adjoint.registry import reject_loose_options
+from .adjoint.base import SolveSpec
 from .solvers import Method, StepCallback, get_tableau
 from .stats import SolveStats
 

@@ -26,7 +26,7 @@ import torch
 from anodev2 import models
 from anodev2.training.run_files import load_checkpoint
 from anodev2.training.config import config_from_dict
-from anodev2.training.tensorboard import collect_evolution, kernel_grid
+from anodev2.training.tb_logging import collect_evolution, kernel_grid
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, object]:

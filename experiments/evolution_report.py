@@ -111,7 +111,7 @@ def switch_off(model: torch.nn.Module) -> None:
 def tensorboard_history(run_dir: Path) -> dict[str, list[list[float]]]:
     """{"<block>/<weight>/<term>": [[epoch, max |coefficient|], ...],
     "<block>/<weight>/drift": [[epoch, ||θ(t_N) - θ(0)|| / ||θ(0)||], ...]} from the run's TensorBoard
-    events (tags of ``anodev2.training.tensorboard``); {} when the run logged none."""
+    events (tags of ``anodev2.training.tb_logging``); {} when the run logged none."""
     if not any(run_dir.glob("events.out.tfevents.*")):
         return {}
     from tensorboard.backend.event_processing import event_accumulator as ea

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..solvers import State, integrate
-from .spec import GradMode, SolveSpec, Times
+from .base import GradMode, SolveSpec, Times
 
 
 @dataclass(frozen=True)

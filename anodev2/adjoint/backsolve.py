@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..solvers import State, integrate
 from .recompute import frozen_norm_statistics
-from .spec import GradMode, SolveSpec, Times
+from .base import GradMode, SolveSpec, Times
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..solvers import State, integrate
 from .recompute import RngLog, autocast_replay, frozen_norm_statistics
 from .schedule import Advance, Free, Reverse, first_sweep, revolve_schedule, slots_for
-from .spec import GradMode, SolveSpec, Times
+from .base import GradMode, SolveSpec, Times
 
 
 @dataclass(frozen=True)

@@ -419,7 +419,7 @@ def log_epoch(run: Run, rec: dict) -> None:
         f.write(json_record(rec) + "\n")
     if run.writer is not None:
         from .. import models
-        from . import tensorboard as tb
+        from . import tb_logging as tb
         epoch = rec["epoch"]
         tb.log_scalars(run.writer, rec, epoch)
         every = cfg.log.evolution_every

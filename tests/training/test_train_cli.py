@@ -17,7 +17,7 @@ import torch
 from helpers import REPO, TINY, metrics, ok, run_cli
 
 from anodev2 import models
-from anodev2.training import tensorboard as tb
+from anodev2.training import tb_logging as tb
 from anodev2.training.cli import main
 from anodev2.training.config import load_config
 

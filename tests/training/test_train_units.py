@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anodev2 import models
-from anodev2.training import tensorboard as tb
+from anodev2.training import tb_logging as tb
 from anodev2.training.run_files import atomic_save, load_checkpoint, rng_state, set_rng_state
 
 

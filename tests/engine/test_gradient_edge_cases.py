@@ -1,4 +1,4 @@
-"""Regressions for issue 8's defects, checked in every grad mode against backprop (float64),
+"""Gradient edge cases (issue 8's defects), checked in every grad mode against backprop (float64),
 finite differences, gradcheck and independent oracles (scipy's solve_ivp, closed forms)."""
 import math
 

@@ -7,7 +7,7 @@ from typing import Any, Union
 from .backprop import Backprop
 from .backsolve import Backsolve
 from .checkpoint import Checkpoint
-from .spec import GradMode
+from .base import GradMode
 
 #: shorthand name -> mode class (constructed with its default options).
 GRAD_MODES: dict[str, type[GradMode]] = {cls.name: cls for cls in (Backprop, Checkpoint, Backsolve)}
