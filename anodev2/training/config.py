@@ -76,8 +76,8 @@ def _grad_modes() -> tuple:
 
 
 def _datasets() -> tuple:
-    from .data import NUM_CLASSES
-    return tuple(NUM_CLASSES)
+    from .datasets import DATASETS
+    return tuple(DATASETS)
 
 
 def _optimizers() -> tuple:

@@ -11,7 +11,8 @@ Where CIFAR comes from, in this order (``root`` = ``data.root``, default
 ``$ANODEV2_DATA`` or ``./data``):
 
 1. an arrays file: ``root`` itself when it names a ``.npz`` file, else ``root/cifar10.npz``
-   (``cifar100.npz``, ``mnist.npz``), with keys ``x_train`` uint8 [N, H, W, C] or [N, H, W],
+   (``cifar100.npz``, ``mnist.npz``: ``arrays_file`` in :data:`datasets.DATASETS`, the one table of
+   channels, image size, classes and normalisation every set is checked against), with keys ``x_train`` uint8 [N, H, W, C] or [N, H, W],
    ``y_train``, ``x_test``, ``y_test`` (e.g. written by a ``make_cifar10_npz.py`` script
    from a CIFAR-10 PNG copy);
 2. torchvision's layout in ``root`` (``download=False``);
@@ -23,7 +24,9 @@ An unreadable, truncated, corrupt or wrongly shaped arrays file raises :class:`D
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +35,11 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["ArrayDataset", "DataError", "DataNotFoundError", "BatchLoader", "load_datasets", "default_root",
-           "augment_batch", "seed_for", "NORMALIZATION"]
+from .datasets import DATASETS, DatasetInfo, dataset_info
 
-#: per-channel (mean, std) in [0, 1] units; CIFAR-10 values as in the ANODE code.
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "synthetic": 10}
+__all__ = ["ArrayDataset", "DataError", "DataNotFoundError", "BatchLoader", "load_datasets", "default_root",
+           "augment_batch", "seed_for", "check_pair"]
+
 SYNTHETIC_SIZES = (1024, 256)  # train, test images of the synthetic set
 
 
@@ -106,34 +103,64 @@ def default_root() -> str:
 
 # ----------------------------------------------------------------------------- loading
 
-def _from_arrays(x: np.ndarray, y: np.ndarray, name: str, source: str) -> ArrayDataset:
+def _from_arrays(x: np.ndarray, y: np.ndarray, info: DatasetInfo, source: str) -> ArrayDataset:
+    """An :class:`ArrayDataset` of checked arrays: [N, H, W] / [N, H, W, C] / [N, C, H, W] -> [N, C, H, W]."""
     x = torch.as_tensor(np.ascontiguousarray(x))
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    elif x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+    elif x.dim() == 4 and tuple(x.shape[1:]) != info.image_shape:
         x = x.permute(0, 3, 1, 2)
-    mean, std = NORMALIZATION[name]
     return ArrayDataset(x.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(y)).long(),
-                        NUM_CLASSES[name], mean, std, flip=name != "mnist", source=source)
+                        info.classes, info.mean, info.std, flip=info.flip, source=source)
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _check_split(x: np.ndarray, y: np.ndarray, name: str, split: str) -> None:
-    channels = 1 if name == "mnist" else 3
-    shapes = "[N, H, W]" if channels == 1 else f"[N, H, W, {channels}] or [N, {channels}, H, W]"
-    ok_x = (x.dtype == np.uint8 and (x.ndim == 3 and channels == 1 or
-                                     x.ndim == 4 and channels in (x.shape[1], x.shape[3])))
+def _allowed_shapes(info: DatasetInfo) -> str:
+    c, (h, w) = info.channels, info.size
+    shapes = [f"[N, {h}, {w}, {c}]", f"[N, {c}, {h}, {w}]"]
+    if c == 1:
+        shapes.insert(0, f"[N, {h}, {w}]")
+    return " or ".join(shapes)
+
+
+def _check_split(x: np.ndarray, y: np.ndarray, info: DatasetInfo, split: str) -> None:
+    """x/y of one split against the facts of ``info`` (datasets.DATASETS): dtype, image shape, labels, not empty."""
+    c, (h, w) = info.channels, info.size
+    ok_x = x.dtype == np.uint8 and (tuple(x.shape[1:]) in ((h, w, c), (c, h, w)) or
+                                    c == 1 and tuple(x.shape[1:]) == (h, w))
     if not ok_x:
-        raise DataError(f"x_{split} has dtype {x.dtype} and shape {list(x.shape)}; allowed for {name}: uint8 {shapes}")
+        raise DataError(f"x_{split} has dtype {x.dtype} and shape {list(x.shape)}; "
+                        f"allowed for {info.name}: uint8 {_allowed_shapes(info)}")
+    if x.shape[0] == 0:
+        raise DataError(f"x_{split} holds no images; allowed: at least 1 image per split")
     if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"y_{split} has dtype {y.dtype} and shape {list(y.shape)}; allowed: integer [{x.shape[0]}]")
-    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES[name]):
-        raise DataError(f"y_{split} holds labels {int(y.min())}..{int(y.max())}; allowed: 0..{NUM_CLASSES[name] - 1}")
+    if y.min() < 0 or y.max() >= info.classes:
+        raise DataError(f"y_{split} holds labels {int(y.min())}..{int(y.max())}; "
+                        f"allowed for {info.name}: 0..{info.classes - 1}")
 
 
-def _load_npz(path: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
+def _check_classes(y_train: np.ndarray, info: DatasetInfo) -> None:
+    """Every class of ``info`` occurs in the training labels (a CIFAR-10 file read as cifar100 has 10 of 100)."""
+    present = np.unique(y_train).size
+    if present != info.classes:
+        raise DataError(f"y_train holds {present} of {info.name}'s {info.classes} classes "
+                        f"(labels {int(y_train.min())}..{int(y_train.max())}); data.name={info.name} does not match "
+                        f"this data (allowed: a training set holding every class 0..{info.classes - 1}; data sets: "
+                        f"{', '.join(f'{d.name} {d.classes} classes' for d in DATASETS.values())})")
+
+
+def check_pair(train: ArrayDataset, test: ArrayDataset, where: str) -> None:
+    """Train and test images of one data set must have the same [C, H, W]; DataError naming ``where`` otherwise."""
+    a, b = tuple(train.images.shape[1:]), tuple(test.images.shape[1:])
+    if a != b:
+        raise DataError(f"{where}: training images are {list(a)} [C, H, W] but test images are {list(b)}; "
+                        f"allowed: the same shape in both splits")
+
+
+def _load_npz(path: Path, info: DatasetInfo) -> tuple[ArrayDataset, ArrayDataset]:
     """The (train, test) sets of an arrays file; DataError (naming the file) when it cannot be used."""
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -142,14 +169,15 @@ def _load_npz(path: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
                 raise DataError(f"lacks the arrays {sorted(missing)}; allowed: keys {', '.join(NPZ_KEYS)}")
             arrays = {k: z[k] for k in NPZ_KEYS}
         for split in ("train", "test"):
-            _check_split(arrays[f"x_{split}"], arrays[f"y_{split}"], name, split)
+            _check_split(arrays[f"x_{split}"], arrays[f"y_{split}"], info, split)
+        _check_classes(arrays["y_train"], info)
     except DataError as e:
         raise DataError(f"{path}: {e}; rebuild the file or point data.root elsewhere") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, CRC error, not an npz
         raise DataError(f"{path} is not a readable arrays file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:120]}); rebuild it or point data.root elsewhere") from None
-    return (_from_arrays(arrays["x_train"], arrays["y_train"], name, str(path)),
-            _from_arrays(arrays["x_test"], arrays["y_test"], name, str(path)))
+    return (_from_arrays(arrays["x_train"], arrays["y_train"], info, str(path)),
+            _from_arrays(arrays["x_test"], arrays["y_test"], info, str(path)))
 
 
 def _missing_ancestor(path: Path) -> Optional[Path]:
@@ -173,18 +201,25 @@ def _remove_new_empty_dirs(root: Path, before: set[Path], top: Optional[Path]) -
             d.rmdir()
 
 
-def _torchvision_class(name: str):
-    import torchvision.datasets as tvd
-    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}[name]
+def _torchvision_class(info: DatasetInfo):
+    return info.torchvision_class()
 
 
-def _load_torchvision(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
-    cls = _torchvision_class(name)
+def _load_torchvision(info: DatasetInfo, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    cls = _torchvision_class(info)
     out = []
     for train in (True, False):
         ds = cls(root=root, train=train, download=download)
         data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
-        out.append(_from_arrays(data, np.asarray(ds.targets), name, f"torchvision {cls.__name__} in {root}"))
+        targets = np.asarray(ds.targets)
+        source = f"torchvision {cls.__name__} in {root}"
+        try:
+            _check_split(data, targets, info, "train" if train else "test")
+            if train:
+                _check_classes(targets, info)
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
+        out.append(_from_arrays(data, targets, info, source))
     return out[0], out[1]
 
 
@@ -199,10 +234,10 @@ def _synthetic(seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
         x = 0.6 * templates[y] + 0.4 * torch.rand(n, 3, 32, 32, generator=g)
         return (x * 255).round().clamp(0, 255).to(torch.uint8), y
 
-    mean, std = NORMALIZATION["synthetic"]
+    info = DATASETS["synthetic"]
     (xa, ya), (xb, yb) = make(SYNTHETIC_SIZES[0]), make(SYNTHETIC_SIZES[1])
-    return (ArrayDataset(xa, ya, 10, mean, std, source="synthetic"),
-            ArrayDataset(xb, yb, 10, mean, std, source="synthetic"))
+    return (ArrayDataset(xa, ya, info.classes, info.mean, info.std, source="synthetic"),
+            ArrayDataset(xb, yb, info.classes, info.mean, info.std, source="synthetic"))
 
 
 def load_datasets(name: str, root: Optional[str] = None, download: bool = True,
@@ -210,36 +245,62 @@ def load_datasets(name: str, root: Optional[str] = None, download: bool = True,
                   seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) :class:`ArrayDataset` of ``name`` in cifar10 | cifar100 | mnist | synthetic.
 
-    Subsets are chosen by a generator seeded with ``seed``. Raises DataNotFoundError.
+    Subsets are chosen by a generator seeded with ``seed``. The facts the data must match (channels, image
+    size, classes: every class present in the training set) come from :data:`datasets.DATASETS`. Raises
+    DataError (unusable data, naming the file and what is allowed) or DataNotFoundError; ValueError for an
+    unknown ``name``.
     """
-    if name not in NUM_CLASSES:
-        raise ValueError(f"data.name={name!r} is not allowed; allowed: {' | '.join(NUM_CLASSES)}")
+    info = dataset_info(name)
     if name == "synthetic":
         train, test = _synthetic()
     else:
-        train, test = _find_real(name, root or default_root(), download)
+        root = root or default_root()
+        train, test = _find_real(info, root, download)
+        check_pair(train, test, train.source)
     return train.subset(subset_train, seed), test.subset(subset_test, seed + 1)
 
 
-def _find_real(name: str, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+def _check_root(root: str) -> None:
+    """DataError for a data.root that cannot be used at all: a symlink loop, unreadable, a file that is not .npz."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return  # may be created by a download
+    except OSError as e:  # ELOOP (symlink loop), EACCES on a parent, ENOTDIR, ENAMETOOLONG ...
+        what = "is a symlink loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        raise DataError(f"data.root={root} {what}; allowed: a readable data directory or .npz file") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise DataError(f"data.root={root} is a directory this user cannot read; "
+                            f"allowed: a readable data directory or .npz file")
+    elif not root.endswith(".npz"):
+        raise DataError(f"data.root={root} is a file but not an arrays file; allowed: a data directory "
+                        f"or a FILE.npz")
+
+
+def _find_real(info: DatasetInfo, root: str, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    name = info.name
+    _check_root(root)
     if root.endswith(".npz"):
         if not Path(root).is_file():
             raise DataNotFoundError(f"data.root={root} names an arrays file that does not exist; "
                                     f"allowed: an existing .npz file or a data directory")
-        return _load_npz(Path(root), name)
-    npz = Path(root) / f"{name}.npz"
+        return _load_npz(Path(root), info)
+    npz = Path(root) / info.arrays_file
     if npz.is_file():
-        return _load_npz(npz, name)
+        return _load_npz(npz, info)
     tried = [f"{npz} (not found)"]
     top = _missing_ancestor(Path(root))
     before = {Path(d) for d, _, _ in os.walk(root)}
     try:
-        return _load_torchvision(name, root, download=False)
+        return _load_torchvision(info, root, download=False)
     except (RuntimeError, OSError) as e:
         tried.append(f"torchvision layout in {root} ({' '.join(str(e).split())[:120]})")
     if download:
         try:
-            return _load_torchvision(name, root, download=True)
+            return _load_torchvision(info, root, download=True)
+        except DataError:
+            raise
         except Exception as e:  # URLError, HTTPError, timeouts, checksum errors: all mean "no data"
             tried.append(f"torchvision download into {root} ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     else:

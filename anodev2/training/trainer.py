@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import distributed as distmod
 from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import ArrayDataset, BatchLoader, default_root, load_datasets
+from .datasets import dataset_info
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress
 from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
@@ -228,7 +229,8 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
     """Model, loaders, DDP wrapper, optimiser and scaler of a run (seeded by train.seed)."""
     out = Path(cfg.out_dir)
     _seed_everything(cfg.train.seed)
-    in_channels, num_classes = (1, 10) if cfg.data.name == "mnist" else (3, 100 if cfg.data.name == "cifar100" else 10)
+    facts = dataset_info(cfg.data.name)
+    in_channels, num_classes = facts.channels, facts.classes
     model = _build_model(cfg, in_channels, num_classes).to(device)
     train_set, test_set = _load_data(cfg, info)
     if train_set.in_channels != in_channels:
