@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import numbers
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -123,7 +124,7 @@ class ODEBlock(nn.Module):
         reject_loose_options("ODEBlock", removed)
         if not isinstance(f, nn.Module):
             raise TypeError(f"f must be an nn.Module, got {type(f).__name__}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:  # as odeint: np.int64 too
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         self.tableau: ButcherTableau = get_tableau(method)
         self.grad_mode: GradMode = get_grad_mode(grad)
@@ -134,7 +135,7 @@ class ODEBlock(nn.Module):
         self.f = f
         self.evolution = evo
         object.__setattr__(self, "field", CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input)))
-        self.steps = steps
+        self.steps = int(steps)
         self.t0, self.t1 = float(t0), float(t1)
         self.record_weights = record_weights
         self.last_stats = SolveStats()

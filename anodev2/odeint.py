@@ -169,6 +169,8 @@ def odeint(
     is_tensor, state = _normalise_state(y0)
     params = _normalise_params(func, params)
     times = _time_inputs(t0, t1, t0f, t1f)
+    if stats is not None and not isinstance(stats, SolveStats):
+        raise TypeError(f"stats must be an anodev2.SolveStats or None, got {type(stats).__name__} {stats!r}")
     stats = SolveStats() if stats is None else stats
     stats.reset(method=tableau.name, grad=mode.name, steps=int(steps), stages=tableau.stages,
                 checkpoints=mode.checkpoints)
