@@ -138,7 +138,7 @@ def _verify_checksum(path: Path, data: bytes) -> None:
     except (OSError, IndexError) as e:
         why = e.strerror if isinstance(e, OSError) else "empty file"
         raise CheckpointError(f"{path}: cannot read its checksum file {side} ({why})") from None
-    if hashlib.sha256(data).hexdigest() != expected:
+    if hashlib.sha256(data).hexdigest() != expected.lower():  # sha256sum writes lower case; upper case is the same hash
         raise CheckpointError(f"{path} does not match its SHA-256 in {side} (the file is corrupt)")
 
 
