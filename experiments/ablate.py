@@ -35,7 +35,6 @@ Grids (``--grid``):
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -46,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
+
+from experiments.output import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = ROOT / "experiments" / "configs" / "paper"
@@ -66,7 +67,7 @@ LAUNCHERS = ("local", "submitit")
 
 
 @dataclass(frozen=True)
-class Run:
+class GridRun:
     """One training run: its directory name, config, the model / variant / seed it trains and
     the sweep's extra overrides (the grid's common overrides come before ``overrides``)."""
 
@@ -143,8 +144,8 @@ def grids(data_root: Optional[str]) -> dict[str, Grid]:
     }
 
 
-def _main_run(grid: Grid, model: str, variant: str, seed: int) -> Run:
-    return Run(f"{model}-{variant}-s{seed}", grid.config(model, variant), model, variant, seed)
+def _main_run(grid: Grid, model: str, variant: str, seed: int) -> GridRun:
+    return GridRun(f"{model}-{variant}-s{seed}", grid.config(model, variant), model, variant, seed)
 
 
 def select(grid: Grid, models: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
@@ -167,9 +168,9 @@ def select(grid: Grid, models: Optional[Sequence[str]] = None, variants: Optiona
     return replace(grid, models=models, variants=variants, seeds=seeds, sweeps=sweeps)
 
 
-def sweep_cells(grid: Grid) -> dict[str, list[tuple[str, Run]]]:
+def sweep_cells(grid: Grid) -> dict[str, list[tuple[str, GridRun]]]:
     """Sweep name -> ``[(setting, run)]``; a setting listed in ``same_as`` names a main-table run."""
-    cells: dict[str, list[tuple[str, Run]]] = {}
+    cells: dict[str, list[tuple[str, GridRun]]] = {}
     model = grid.sweep_model
     for name, sw in grid.sweeps.items():
         short = sw.key.split(".")[-1]
@@ -178,13 +179,13 @@ def sweep_cells(grid: Grid) -> dict[str, list[tuple[str, Run]]]:
             if value in sw.same_as:
                 run = _main_run(grid, model, sw.same_as[value], seed)
             else:
-                run = Run(f"{model}-{sw.variant}-{short}={value}-s{seed}", grid.config(model, sw.variant), model,
+                run = GridRun(f"{model}-{sw.variant}-{short}={value}-s{seed}", grid.config(model, sw.variant), model,
                           sw.variant, seed, (f"{sw.key}={value}",))
             rows.append((str(value), run))
     return cells
 
 
-def expand(grid: Grid) -> list[Run]:
+def expand(grid: Grid) -> list[GridRun]:
     """Every run of the grid once: the main table, then the sweep runs that are not main-table runs.
 
     Raises:
@@ -217,7 +218,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def expected_epochs(grid: Grid, run: Run) -> int:
+def expected_epochs(grid: Grid, run: GridRun) -> int:
     """``train.epochs`` of the run: the last override that sets it, else the run's config."""
     for item in (*grid.common, *run.overrides)[::-1]:
         if item.startswith("train.epochs="):
@@ -227,7 +228,7 @@ def expected_epochs(grid: Grid, run: Run) -> int:
     return load_config(run.config).train.epochs
 
 
-def status(grid: Grid, run: Run, out: Path) -> str:
+def status(grid: Grid, run: GridRun, out: Path) -> str:
     """'done', 'partial' (resumable from last.pt) or 'todo'."""
     d = out / run.name
     hist = read_metrics(d)
@@ -236,7 +237,7 @@ def status(grid: Grid, run: Run, out: Path) -> str:
     return "partial" if (d / "last.pt").exists() else "todo"
 
 
-def command(grid: Grid, run: Run, out: Path, nproc: int) -> list[str]:
+def command(grid: Grid, run: GridRun, out: Path, nproc: int) -> list[str]:
     """The training command of ``run`` as it stands now (``--resume`` when it is partial)."""
     d = out / run.name
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
@@ -246,7 +247,7 @@ def command(grid: Grid, run: Run, out: Path, nproc: int) -> list[str]:
             *grid.common, *run.overrides, f"out_dir={d}"]
 
 
-def launch(grid: Grid, run: Run, out: Path, nproc: int, threads: Optional[int] = None) -> int:
+def launch(grid: Grid, run: GridRun, out: Path, nproc: int, threads: Optional[int] = None) -> int:
     """Run (or resume) ``run`` to completion in a child process; output appended to RUN/stdout.log.
     Returns the exit status. This is also the body of a submitit job."""
     d = out / run.name
@@ -285,11 +286,11 @@ def _import_submitit():
     return submitit
 
 
-def run_local(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path, nproc: int, jobs: int) -> list[str]:
+def run_local(grid: Grid, todo: list[tuple[int, GridRun]], total: int, out: Path, nproc: int, jobs: int) -> list[str]:
     """Run ``todo`` here, ``jobs`` at once (each with OMP_NUM_THREADS = cores // jobs); names of failed runs."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
-    def one(item: tuple[int, Run]) -> Optional[str]:
+    def one(item: tuple[int, GridRun]) -> Optional[str]:
         i, r = item
         t = time.time()
         rc = launch(grid, r, out, nproc, threads)
@@ -301,7 +302,7 @@ def run_local(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path, np
         return [name for name in pool.map(one, todo) if name]
 
 
-def run_submitit(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path, nproc: int,
+def run_submitit(grid: Grid, todo: list[tuple[int, GridRun]], total: int, out: Path, nproc: int,
                  opts: SubmititOptions) -> list[str]:
     """Submit one job per run of ``todo`` as a job array; wait for them unless ``opts.wait`` is
     false. Returns the names of failed runs (none when not waiting)."""
@@ -335,7 +336,7 @@ def run_submitit(grid: Grid, todo: list[tuple[int, Run]], total: int, out: Path,
 
 
 # ---- aggregation ------------------------------------------------------------------------
-def collect(grid: Grid, runs: list[Run], out: Path) -> list[dict]:
+def collect(grid: Grid, runs: list[GridRun], out: Path) -> list[dict]:
     """One row per run: final and best test accuracy (None until finished), summed epoch times."""
     rows = []
     for run in runs:
@@ -455,13 +456,10 @@ def plot_curves(grid: Grid, out: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def aggregate(grid: Grid, runs: list[Run], out: Path) -> str:
+def aggregate(grid: Grid, runs: list[GridRun], out: Path) -> str:
     """Write runs.csv, summary.md and curves.png into ``out``; return the markdown."""
     rows = collect(grid, runs, out)
-    with open(out / "runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "runs.csv", rows)
     md = tables(grid, rows)
     (out / "summary.md").write_text(md)
     plot_curves(grid, out, out / "curves.png")

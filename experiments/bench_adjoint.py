@@ -14,7 +14,7 @@ Each row is measured in fresh subprocesses (``sys.executable``), one for memory 
 time; memory = peak RSS of a training step (VmHWM) minus the peak RSS of the same block's
 forward-only (``torch.no_grad``) baseline; time = median wall time of ``--repeats`` training steps after ``--warmup`` (threads fixed with
 ``torch.set_num_threads``, printed), and the median process CPU time of the same steps, which
-other processes sharing the cores do not inflate. See ``experiments/_bench_common.py``.
+other processes sharing the cores do not inflate. See ``experiments/bench/block.py``.
 
 Targets (issue 8; at Nt = 16, vs torchdiffeq odeint in the same run): checkpoint(all) memory
 <= 0.16x; checkpoint(c=4) memory <= 0.11x; checkpoint(all, keep fwd) time <= 1.5x and faster
@@ -40,9 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-sys.dont_write_bytecode = True  # write nothing outside --out (no experiments/__pycache__)
-
-import _bench_common as bc  # noqa: E402
+from experiments.bench import block as bc
+from experiments.bench.args import add_measurement_args, check_measurement_args
+from experiments.output import fmt_ratio, write_csv
 
 VARIANTS = (bc.Variant("backprop"), bc.Variant("checkpoint", None), bc.Variant("checkpoint", 2),
             bc.Variant("checkpoint", 4), bc.Variant("checkpoint", None, keep_forward=True),
@@ -53,7 +53,7 @@ TARGET_STEPS = 16
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    bc.add_measurement_args(p, steps="4,8,16", batch=32, size=32, repeats=5)
+    add_measurement_args(p, steps="4,8,16", batch=32, size=32, repeats=5)
     p.add_argument("--profile", action="store_true",
                    help="also torch.profiler one step of every row at the target Nt (in this process); "
                         "writes profile_<row>.txt")
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.channels, args.size, args.repeats, args.warmup = [4], 2, 4, 8, 1, 0
-    bc.check_measurement_args(p, args)
+    check_measurement_args(p, args)
     return args
 
 
@@ -101,7 +101,7 @@ def table(rows: list[dict]) -> str:
         if d["mode"] == "checkpoint":
             opt = binomial_cost(d["steps"], slots_for(d["steps"], d["checkpoints"]))
             rec = f"{d['recomputed_steps']} ({opt})"
-        r = bc.fmt_ratio
+        r = fmt_ratio
         lines.append(
             f"| {d['steps']} | {d['variant']} | {d['mem_mib']:.1f} | {r(d['mem_vs_tdq_odeint'])} "
             f"| {r(d['mem_vs_backprop'])} | {d['time_s'] * 1e3:.0f} | {r(d['time_vs_tdq_odeint'])} "
@@ -205,7 +205,7 @@ def step_graph_bytes(cfg: bc.BenchConfig, nt: int) -> tuple[int, int]:
     import torch
 
     spec = {**bc.asdict(cfg), "steps": nt, "mode": "backprop", "checkpoints": None, "keep_forward": False}
-    model, f, x = bc._build(spec)
+    model, f, x = bc.build_block(spec)
     y = x.detach().requires_grad_(True)
     skip = {p.untyped_storage().data_ptr() for p in f.parameters()} | {y.untyped_storage().data_ptr()}
     saved: dict[int, int] = {}
@@ -259,7 +259,7 @@ def profile(cfg: bc.BenchConfig, nt: int, variants: list[bc.Variant], out: Path)
         for v in variants:
             spec = {**bc.asdict(cfg), "steps": nt, "mode": v.mode, "checkpoints": v.checkpoints,
                     "keep_forward": v.keep_forward}
-            model, f, x = bc._build(spec)
+            model, f, x = bc.build_block(spec)
             model.train()
 
             def step():
@@ -343,7 +343,7 @@ def main(argv=None) -> list[dict]:
     print(f"wall {time.time() - start:.0f} s; load average {load0[0]:.2f} -> {load1[0]:.2f}")
     for r in rows:
         r["target_steps"] = nt
-    bc.write_csv(out / "bench_adjoint.csv", rows)
+    write_csv(out / "bench_adjoint.csv", rows)
     with open(out / "bench_adjoint.md", "w") as fh:
         fh.write(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n\n"
                  f"threads {cfg.threads}, batch {cfg.batch}, channels {cfg.channels}, size {cfg.size}, "

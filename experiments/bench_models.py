@@ -36,31 +36,28 @@ compute ops (views and other metadata-only ops excluded: they launch no kernel o
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from experiments.bench.memory import fix_mmap_threshold, peak_rss_mib
+from experiments.bench.ops import aten_ops
+from experiments.output import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
 ROWS = ("baseline", "neuralode", "ode-backprop", "anode", "anodev2", "anodev2-backprop", "anode-keep",
         "anodev2-keep")
 DEFAULT_ROWS = ROWS[:5]
 ALL_MODELS = ("resnet4", "resnet10", "resnet18", "alexnet", "sqnxt23")
-#: aten ops that only make views or read metadata (no kernel launch).
-VIEW_OPS = frozenset({"view", "reshape", "_reshape_alias", "unsqueeze", "squeeze", "t", "transpose", "permute",
-                      "split", "split_with_sizes", "narrow", "slice", "select", "as_strided", "expand", "detach",
-                      "_unsafe_view", "alias", "lift_fresh", "empty", "empty_like", "result_type", "unbind",
-                      "resolve_conj", "resolve_neg", "is_nonzero", "item", "_local_scalar_dense", "numpy_T"})
 
 
 def targets(batch: int) -> tuple[tuple[str, str, float], ...]:
     """(numerator row, denominator row, maximum ratio) of the step-time targets at ``batch``."""
     return (("anode", "ode-backprop", 1.6), ("anodev2", "anode", 1.10 if batch >= 128 else 1.25))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import _M_MMAP_THRESHOLD, _mallopt, peak_rss_mib as vm_hwm_mb  # noqa: E402  (shared with bench_adjoint)
 
 
 def row_build_args(row: str) -> tuple[str, dict]:
@@ -119,15 +116,15 @@ def memory_worker(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _mallopt(_M_MMAP_THRESHOLD, 64 << 10)
+    fix_mmap_threshold(64 << 10)
     trainer = _Trainer(args, args.row)
     trainer.step(2)
     trainer.opt.zero_grad(set_to_none=True)
     with torch.no_grad():
         trainer.model(trainer.x)
-    fwd = vm_hwm_mb()
+    fwd = peak_rss_mib()
     trainer.step()
-    peak = vm_hwm_mb()
+    peak = peak_rss_mib()
     return {"row": args.row, "peak_rss_mb": peak, "fwd_rss_mb": fwd, "train_extra_mb": peak - fwd}
 
 
@@ -163,7 +160,6 @@ def time_worker(args: argparse.Namespace) -> list[dict]:
 def ops_worker(args: argparse.Namespace) -> list[dict]:
     """Aten op counts of one forward + backward of the first ODE block of every ODE row."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from anodev2 import ODEBlock
 
@@ -181,10 +177,7 @@ def ops_worker(args: argparse.Namespace) -> list[dict]:
         handle.remove()
         z = captured[0].requires_grad_()
         block(z).sum().backward()  # warm-up (and the first projection of the coefficients)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            block(z).sum().backward()
-        names = [e.name.split("::", 1)[1] for e in prof.events() if e.name.startswith("aten::")]
-        compute = [n for n in names if n not in VIEW_OPS]
+        names, compute = aten_ops(lambda: block(z).sum().backward())
         n_targets = len(block.evolving_names)
         out.append({"model": args.model, "row": row, "method": block.method, "steps": block.steps,
                     "targets": n_targets, "ops_per_step": len(names) / block.steps,
@@ -201,13 +194,11 @@ def print_ops(model: str, rows: list[dict]) -> None:
 
 
 def _subprocess(args: argparse.Namespace, extra: list[str]):
-    cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--batch", str(args.batch),
+    cmd = [sys.executable, "-m", "experiments.bench_models", "--model", args.model, "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--width", str(args.width),
            "--threads", str(args.threads), "--variants", ",".join(args.variants), "--scheme", args.scheme,
            *extra]
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {' '.join(extra)} of {args.model} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -316,10 +307,7 @@ def main(argv=None) -> None:
             print_model(model, rows)
         results += rows
     path = out / ("bench_ops.csv" if args.ops else "bench_models.csv")
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
+    write_csv(path, results)
     print(f"\nwrote {path}")
 
 

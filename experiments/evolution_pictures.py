@@ -16,7 +16,6 @@ the activations), so one no-grad forward of any correctly shaped batch populates
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from pathlib import Path
@@ -24,24 +23,9 @@ from pathlib import Path
 import torch
 
 from anodev2 import models
-from anodev2.training.run_files import load_checkpoint
-from anodev2.training.config import config_from_dict
 from anodev2.training.tb_logging import collect_evolution, kernel_grid
-
-
-def load_model(path: Path) -> tuple[torch.nn.Module, object]:
-    """Rebuild the checkpoint's model from its stored config and load its weights."""
-    if not path.is_file():
-        raise SystemExit(f"error: checkpoint {path} does not exist (expected RUN_DIR/last.pt or best.pt)")
-    ck = load_checkpoint(path)
-    if "config" not in ck or "model" not in ck:
-        raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
-    cfg = config_from_dict(ck["config"])
-    in_ch = 1 if cfg.data.name == "mnist" else 3
-    model = models.build(cfg.model.name, cfg.model.variant, num_classes=100 if cfg.data.name == "cifar100" else 10,
-                         in_channels=in_ch, **cfg.model.build_options())
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg
+from experiments.output import write_csv
+from experiments.trained import load_model
 
 
 def _safe(name: str) -> str:
@@ -107,10 +91,7 @@ def main(argv=None) -> int:
     fig_r.tight_layout()
     fig_r.savefig(args.out / "rel_change.png", dpi=110)
     plt.close(fig_r)
-    with open(args.out / "rel_change.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out / "rel_change.csv", rows)
     last = {}
     for r in rows:
         last[(r["block"], r["weight"])] = r["rel_change"]

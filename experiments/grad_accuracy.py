@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 import statistics
 import sys
@@ -54,14 +53,13 @@ import time
 from itertools import product
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # write nothing outside --out (no experiments/__pycache__)
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import _bench_common as bc  # noqa: E402
-import anodev2  # noqa: E402
-from anodev2 import models  # noqa: E402
+import anodev2
+from anodev2 import models
+from experiments.output import save_png, write_csv
+from experiments.trained import load_model
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 METHODS = ("euler", "rk2", "rk4")
@@ -121,8 +119,6 @@ def model_f(args) -> nn.Module:
     """The ODE function ``f`` of the first ODE block of the network (``--block model``): trained
     weights from ``args.weights`` or a fresh ``build(args.model, "anode", width=args.width)``."""
     if args.weights:
-        from evolution_pictures import load_model
-
         net, _ = load_model(Path(args.weights))
     else:
         net = models.build(args.model, "anode", width=args.width)
@@ -191,13 +187,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def plot(summary: list[dict], path: Path, title: str) -> None:
     """Rows: backsolve error (input grad), (param grad), reversal error (medians over seeds),
     checkpoint vs backprop (max over seeds);
@@ -234,7 +223,7 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    bc.save_png(fig, path, dpi=80)
+    save_png(fig, path, dpi=80)
     plt.close(fig)
 
 

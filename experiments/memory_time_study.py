@@ -7,7 +7,7 @@ for Nt in {2, 4, 8, 16, 32} and the rows: our ``backprop``, ``checkpoint`` with 
 ``odeint`` and ``odeint_adjoint`` (if installed). Every row is measured in fresh subprocesses
 (one for memory, one for time): memory is the peak RSS of a training step minus the
 forward-only baseline, time the median step as wall time and as process CPU time (which
-time-slicing by other processes does not inflate); see ``experiments/_bench_common.py``. A budget c >= Nt - 1 is the same schedule as "all"
+time-slicing by other processes does not inflate); see ``experiments/bench/block.py``. A budget c >= Nt - 1 is the same schedule as "all"
 (``slots_for``); it is measured once and reported for each such c.
 
 Outputs in ``--out``: ``memory_time_study.csv`` (every row), ``recompute_counts.csv`` (measured
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-sys.dont_write_bytecode = True  # write nothing outside --out (no experiments/__pycache__)
-
-import _bench_common as bc  # noqa: E402
+from experiments.bench import block as bc
+from experiments.bench.args import add_measurement_args, check_measurement_args
+from experiments.output import fmt_ratio, save_png, write_csv
 
 OTHER_MODES = ("backprop", "backsolve", "tdq_odeint", "tdq_adjoint")
 
@@ -57,7 +57,7 @@ def parse_budgets(text: str) -> list[Optional[int]]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    bc.add_measurement_args(p, steps="2,4,8,16,32", batch=16, size=16, repeats=3)
+    add_measurement_args(p, steps="2,4,8,16,32", batch=16, size=16, repeats=3)
     p.add_argument("--budgets", type=parse_budgets, default="0,1,2,4,8,all",
                    help="checkpoint budgets c, ints or 'all' (default 0,1,2,4,8,all)")
     p.add_argument("--no-plot", action="store_true", help="do not write memory_time.png")
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.steps, args.budgets = [3], [0, 1, None]
         args.batch, args.channels, args.size, args.repeats, args.warmup = 2, 4, 8, 1, 0
-    bc.check_measurement_args(p, args)
+    check_measurement_args(p, args)
     return args
 
 
@@ -151,9 +151,9 @@ def main_table(rows: list[dict]) -> str:
     for d in rows:
         rec = "-" if d["mode"] != "checkpoint" else str(d["recomputed_steps"])
         same = "" if d["same_run_as"] == d["variant"] else f" (= {d['same_run_as']})"
-        lines.append(f"| {d['steps']} | {d['variant']}{same} | {d['mem_mib']:.1f} | {bc.fmt_ratio(d['mem_vs_backprop'])} "
-                     f"| {d['time_s'] * 1e3:.1f} | {bc.fmt_ratio(d['time_vs_backprop'])} | {d['cpu_s'] * 1e3:.1f} "
-                     f"| {bc.fmt_ratio(d['cpu_vs_backprop'])} | {d['f_calls_forward']}/{d['f_calls_step']} | {rec} |")
+        lines.append(f"| {d['steps']} | {d['variant']}{same} | {d['mem_mib']:.1f} | {fmt_ratio(d['mem_vs_backprop'])} "
+                     f"| {d['time_s'] * 1e3:.1f} | {fmt_ratio(d['time_vs_backprop'])} | {d['cpu_s'] * 1e3:.1f} "
+                     f"| {fmt_ratio(d['cpu_vs_backprop'])} | {d['f_calls_forward']}/{d['f_calls_step']} | {rec} |")
     return "\n".join(lines)
 
 
@@ -205,7 +205,7 @@ def plot(rows: list[dict], path: Path, title: str, clock: str = "cpu") -> None:
         axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    bc.save_png(fig, path, dpi=90)
+    save_png(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -223,8 +223,8 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         print("NOTE: " + n)
     mt, rt = main_table(rows), recompute_table(recompute, args.budgets)
     print("\n" + mt + "\n\nRecomputed steps, measured / binomial optimum t(Nt, c) (checkpoints held):\n" + rt)
-    bc.write_csv(out / "memory_time_study.csv", rows)
-    bc.write_csv(out / "recompute_counts.csv", recompute)
+    write_csv(out / "memory_time_study.csv", rows)
+    write_csv(out / "recompute_counts.csv", recompute)
     title = (f"ODE block conv-BN-ReLU-conv, batch {args.batch}, {args.channels} ch, {args.size}x{args.size}, rk4, "
              f"{args.threads} thread(s)")
     if not args.no_plot:

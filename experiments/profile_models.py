@@ -13,9 +13,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from anodev2.models import build
+from experiments.bench.ops import self_cpu_by_op
 
 
 def self_times(model: str, variant: str, batch: int, steps: int, warmup: int) -> dict[str, tuple[float, float]]:
@@ -32,10 +32,7 @@ def self_times(model: str, variant: str, batch: int, steps: int, warmup: int) ->
 
     for _ in range(warmup):
         step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    return {e.key: (e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()}
+    return self_cpu_by_op(step, steps)
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
-"""Shared machinery of ``bench_adjoint.py`` and ``memory_time_study.py``: one ODE block, one
-gradient mode per fresh subprocess, peak RSS and median training-step time.
+"""One ODE block, one gradient mode per fresh subprocess, peak RSS and median training-step
+time: the measurement of ``bench_adjoint.py`` and ``memory_time_study.py``.
 
 The block (ANODE, Gholami et al. 2019, arXiv 1902.10298): ``dz/dt = f(z)`` on ``t in [0, 1]``
 with ``f = conv3x3 -> BatchNorm -> ReLU -> conv3x3`` (C -> C channels), input ``[B, C, H, W]``,
@@ -30,34 +30,33 @@ Measurement (fresh ``subprocess`` es of ``sys.executable``, threads fixed by
 * time, in another fresh process with glibc's default allocator: ``warmup`` + ``repeats``
   training steps; medians of wall time, of process CPU time and of the forward/backward split.
 
-Worker entry point (internal): ``python experiments/_bench_common.py --worker JSON``.
+Worker entry point (internal): ``python -m experiments.bench.block --worker JSON``.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import importlib.util
-import math
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from concurrent.futures import Executor
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.bench.args import NORMS
+from experiments.bench.memory import fix_mmap_threshold, peak_rss_mib
+from experiments.bench.timing import time_steps
+
+ROOT = Path(__file__).resolve().parents[2]
 MODES = ("forward", "tdq_forward", "backprop", "checkpoint", "backsolve", "tdq_odeint", "tdq_adjoint")
 TDQ_MODES = ("tdq_forward", "tdq_odeint", "tdq_adjoint")
 TDQ_MISSING = ("torchdiffeq is not installed: its rows are skipped. Install the optional benchmark "
                "requirements with `pip install -r requirements-bench.txt` to compare against it.")
 
-
-#: normalisation layers the benchmark's f can use (``--norm``).
-NORMS = ("group", "batch")
 
 IN_PROCESS_NOTE = ("rows ran in this process (--isolation in-process, the --quick default): no fresh "
                    "subprocess per row, so the memory column is not a per-row measurement")
@@ -126,65 +125,7 @@ class BenchConfig:
 # ----------------------------------------------------------------------------------------------
 # worker side (runs in the fresh subprocess)
 # ----------------------------------------------------------------------------------------------
-def parse_steps(text: str) -> list[int]:
-    """'4,8,16' -> [4, 8, 16]: the ``--steps`` option of the benchmark scripts (ints >= 1)."""
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated ints >= 1, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated ints >= 1, got {text!r}")
-    return vals
-
-
-def add_measurement_args(p: argparse.ArgumentParser, *, steps: str, batch: int, size: int, repeats: int) -> None:
-    """The block-size and measurement options shared by bench_adjoint and memory_time_study."""
-    p.add_argument("--steps", type=parse_steps, default=steps, help=f"comma-separated numbers of ODE steps Nt (default {steps})")
-    p.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
-    p.add_argument("--channels", type=int, default=16, help="channels C of z and f (default 16)")
-    p.add_argument("--norm", choices=NORMS, default="group",
-                   help="normalisation inside f: group (GroupNorm, 8 groups; default) or batch (BatchNorm)")
-    p.add_argument("--size", type=int, default=size, help=f"spatial size H = W (default {size})")
-    p.add_argument("--repeats", type=int, default=repeats,
-                   help=f"timed training steps per row; median reported (default {repeats})")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps before timing (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every worker (default 1)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="subprocesses run at once (default 1); more than 1 distorts the timings")
-    p.add_argument("--isolation", choices=("subprocess", "in-process"), default=None,
-                   help="subprocess: every row in a fresh python (default); in-process: all rows in this "
-                        "process, for smoke tests only (memory not measured; the --quick default)")
-    p.add_argument("--mmap-threshold", type=int, default=65536,
-                   help="glibc mmap threshold in bytes while memory is measured (0: allocator default)")
-    p.add_argument("--no-torchdiffeq", action="store_true", help="skip the torchdiffeq rows")
-
-
-def check_measurement_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fill the isolation default (in-process for --quick) and reject out-of-range values."""
-    if args.isolation is None:
-        args.isolation = "in-process" if args.quick else "subprocess"
-    for name in ("batch", "channels", "size", "repeats", "threads", "jobs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.mmap_threshold < 0:
-        p.error("--warmup and --mmap-threshold must be >= 0")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB (VmHWM, else ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _build(spec: dict):
+def build_block(spec: dict):
     """(model, f, x): the block as an nn.Module for the requested mode, its field f (which counts
     its calls in ``f.calls``) and the input ``x [B, C, H, W]`` (requires grad, as inside a net)."""
     import torch
@@ -234,20 +175,6 @@ def _build(spec: dict):
     return model, f, x
 
 
-def _mallopt(param: int, value: int) -> bool:
-    """glibc ``mallopt`` (False where unavailable, e.g. not glibc)."""
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
-    except (OSError, AttributeError):
-        return False
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_HEAP_MMAP_THRESHOLD = 32 << 20  # glibc's largest (dynamic) mmap threshold on 64-bit
-
-
 def _page_in_library_code(f, x) -> None:
     """Make lazily loaded library code resident in every worker, baselines included, so that it
     cancels in the difference: one throw-away vector-Jacobian product of a copy of ``f`` on a
@@ -283,9 +210,8 @@ def run_worker(spec: dict) -> dict:
     if phase not in ("memory", "time", "both"):
         raise ValueError(f"phase must be 'memory', 'time' or 'both', got {phase!r}")
     torch.set_num_threads(spec["threads"])
-    fixed = (phase == "memory" and spec["mmap_threshold"] > 0
-             and _mallopt(_M_MMAP_THRESHOLD, spec["mmap_threshold"]))
-    model, f, x = _build(spec)
+    fixed = phase == "memory" and fix_mmap_threshold(spec["mmap_threshold"])
+    model, f, x = build_block(spec)
     if phase != "time":  # the time phase's warm-up step loads the code; only memory needs it beforehand
         _page_in_library_code(f, x)
     model.train()
@@ -319,17 +245,18 @@ def run_worker(spec: dict) -> dict:
             calls = step()
         rec["peak_rss_mib"] = peak_rss_mib()
     if phase in ("time", "both"):
-        times, cpu, fwd, bwd = [], [], [], []
-        for i in range(spec["warmup"] + spec["repeats"]):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            calls = step()
-            if i >= spec["warmup"]:
-                times.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - start_cpu)
-                fwd.append(split[0])
-                bwd.append(split[1])
-        rec.update(time_s=statistics.median(times), times_s=times, cpu_s=statistics.median(cpu),
-                   cpu_times_s=cpu, forward_s=statistics.median(fwd), backward_s=statistics.median(bwd))
+        fwd, bwd, counted = [], [], []
+
+        def timed_step() -> None:
+            counted[:] = [step()]
+
+        def record_split() -> None:
+            fwd.append(split[0])
+            bwd.append(split[1])
+
+        rec.update(time_steps(timed_step, spec["warmup"], spec["repeats"], on_timed=record_split))
+        rec.update(forward_s=statistics.median(fwd), backward_s=statistics.median(bwd))
+        calls = counted[0]
     rec.update(f_calls_forward=calls[0], f_calls_step=calls[1],
                stats=model.last_stats.as_dict() if hasattr(model, "last_stats") and not forward_only else None)
     return rec
@@ -339,10 +266,9 @@ def run_worker(spec: dict) -> dict:
 # driver side
 # ----------------------------------------------------------------------------------------------
 def _worker_env(threads: int) -> dict:
-    """The subprocess environment: repo root importable, no bytecode written, OpenMP threads =
-    ``threads`` (glibc's mmap threshold is set inside the memory worker, see :func:`run_worker`)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads)}
+    """The subprocess environment: OpenMP threads = ``threads`` (glibc's mmap threshold is set
+    inside the memory worker, see :func:`run_worker`)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 def spawn(cfg: BenchConfig, steps: int, mode: str, checkpoints: Optional[int] = None,
@@ -369,7 +295,7 @@ def spawn(cfg: BenchConfig, steps: int, mode: str, checkpoints: Optional[int] = 
 def _subprocess(spec: dict) -> dict:
     """``run_worker(spec)`` in a fresh ``sys.executable``; returns its JSON record."""
     mode, steps, checkpoints = spec["mode"], spec["steps"], spec["checkpoints"]
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench.block", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=_worker_env(spec["threads"]), cwd=str(ROOT))
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {mode} ({spec['phase']}, steps={steps}, checkpoints={checkpoints}) "
@@ -463,35 +389,10 @@ class _Done:
         return self.value
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write a list of flat dicts (same keys) as CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def row_dict(r: Row) -> dict:
     d = asdict(r)
     d.update(d.pop("extra"))
     return d
-
-
-def save_png(fig, path: Path, dpi: int = 80) -> None:
-    """Save a matplotlib figure as a small PNG (256-colour palette when Pillow is available)."""
-    fig.savefig(path, dpi=dpi)
-    try:
-        from PIL import Image
-    except ImportError:
-        return
-    with Image.open(path) as im:
-        small = im.convert("RGB").quantize(colors=256)
-    small.save(path, optimize=True)
-
-
-def fmt_ratio(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 the paper configs load and build, and the submitit launcher (its local executor here) runs the
 jobs, gathers them into the same tables, skips finished runs and resumes partial ones."""
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,22 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import experiments.ablate as ablate
 from anodev2.models import build
 from anodev2.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def load_ablate():
-    spec = importlib.util.spec_from_file_location("ablate_under_test", ROOT / "experiments" / "ablate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ablate = load_ablate()
 
 
 def run(*args, check=True):

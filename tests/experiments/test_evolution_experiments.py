@@ -12,12 +12,9 @@ import torch
 from helpers import TINY, cli_env, run_cli
 
 from anodev2.training.run_files import load_checkpoint
+from experiments import evolution_capability, recover_evolution
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import evolution_capability  # noqa: E402
-import recover_evolution  # noqa: E402
 
 
 SMALL = dict(channels=2, size=5, batch=4, iters=60)  # the experiment at toy scale (~1-3 s per kind)
@@ -123,7 +120,7 @@ def test_report_checkpoint_choice(tiny_run, tmp_path):
     so when there is none; the default falls back to last.pt when there is no best.pt."""
     import shutil
 
-    import evolution_report
+    from experiments import evolution_report
 
     only_best, only_last = tmp_path / "only_best", tmp_path / "only_last"
     for d, keep in ((only_best, "best.pt"), (only_last, "last.pt")):

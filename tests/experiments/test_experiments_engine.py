@@ -12,24 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import experiments.bench_adjoint as ba
+import experiments.grad_accuracy as ga
+import experiments.memory_time_study as mts
 from anodev2.adjoint import binomial_cost, slots_for
-
-EXP = Path(__file__).resolve().parents[2] / "experiments"
-
-
-@pytest.fixture
-def load(monkeypatch):
-    """Import an experiments/ script by path, undoing its sys.path / bytecode settings afterwards."""
-    monkeypatch.setattr(sys, "path", [str(EXP), *sys.path])  # the scripts import their sibling _bench_common
-    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
-
-    def _load(name):
-        spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXP / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    return _load
+from experiments.bench import block as bc
 
 
 def _read(path):
@@ -42,8 +29,7 @@ def _have_torchdiffeq():
 
 
 # ----------------------------------------------------------------------------- grad_accuracy
-def test_grad_accuracy_quick_csv_content(load, tmp_path):
-    ga = load("grad_accuracy")
+def test_grad_accuracy_quick_csv_content(tmp_path):
     ga.main(["--quick", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "grad_accuracy.csv", "grad_accuracy.md", "grad_accuracy_summary.csv", "grad_accuracy_w1.png"]
@@ -63,8 +49,7 @@ def test_grad_accuracy_quick_csv_content(load, tmp_path):
     assert len(summary) == len(rows) and all(s["seeds"] == "1" for s in summary)
 
 
-def test_grad_accuracy_cli(load, capsys):
-    ga = load("grad_accuracy")
+def test_grad_accuracy_cli(capsys):
     with pytest.raises(SystemExit) as e:
         ga.parse_args(["--help"])
     assert e.value.code == 0 and "backsolve" in capsys.readouterr().out
@@ -75,8 +60,7 @@ def test_grad_accuracy_cli(load, capsys):
 
 
 # ----------------------------------------------------------------------------- bench_adjoint
-def test_bench_adjoint_quick(load, tmp_path, capsys):
-    ba = load("bench_adjoint")
+def test_bench_adjoint_quick(tmp_path, capsys):
     ba.main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "torch.set_num_threads(1)" in out and "Targets at Nt=4" in out and "in-process" in out
@@ -114,9 +98,8 @@ def test_bench_adjoint_quick(load, tmp_path, capsys):
         assert out.count("SKIP") == 2
 
 
-def test_bench_worker_runs_in_a_fresh_subprocess(load):
+def test_bench_worker_runs_in_a_fresh_subprocess():
     """The measurement path of the real runs: one row in a fresh python, memory above baseline."""
-    bc = load("bench_adjoint").bc
     cfg = bc.BenchConfig(batch=2, channels=4, size=8, warmup=0, repeats=1)
     rec = bc.spawn(cfg, 3, "checkpoint", 0)
     assert rec["stats"]["recomputed_steps"] == binomial_cost(3, 0) == 3
@@ -128,11 +111,10 @@ def test_bench_worker_runs_in_a_fresh_subprocess(load):
         bc.spawn(cfg, 3, "adjoint")
 
 
-def test_bench_adjoint_memory_accounting(load):
+def test_bench_adjoint_memory_accounting():
     """The floor's terms: states held at a reversal (Nt - 1 for every state, else the c slots and
     one transient), and one rk4 step's saved graph of conv-GroupNorm-ReLU-conv: 3 stage inputs and,
     per evaluation, the conv1 output and the ReLU output (11 states) plus GroupNorm's mean and rstd."""
-    ba = load("bench_adjoint")
     for nt in range(1, 12):
         for c in (None, *range(0, nt + 2)):
             assert ba.peak_held_states(nt, c) == (nt - 1 if c is None else min(nt - 1, c + 1)), (nt, c)
@@ -145,9 +127,7 @@ def test_bench_adjoint_memory_accounting(load):
     assert "G = " in lines[0] and lines[-1].split()[1] == "3"  # 3 states held
 
 
-def test_bench_adjoint_targets_and_missing_torchdiffeq(load, monkeypatch):
-    ba = load("bench_adjoint")
-
+def test_bench_adjoint_targets_and_missing_torchdiffeq(monkeypatch):
     def row(variant, mem, t, cpu):
         return {"variant": variant, "steps": 16, "mem_mib": mem, "time_s": t, "cpu_s": cpu,
                 "mem_vs_tdq_odeint": mem / 400.0}
@@ -175,8 +155,7 @@ def test_bench_adjoint_targets_and_missing_torchdiffeq(load, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- memory_time_study
-def test_memory_time_study_quick(load, tmp_path):
-    mts = load("memory_time_study")
+def test_memory_time_study_quick(tmp_path):
     rows, recompute = mts.main(["--quick", "--no-torchdiffeq", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "memory_time.png", "memory_time_study.csv", "memory_time_study.md", "recompute_counts.csv"]
@@ -192,8 +171,7 @@ def test_memory_time_study_quick(load, tmp_path):
     assert (tmp_path / "memory_time.png").stat().st_size > 10_000
 
 
-def test_memory_time_study_budget_parsing(load):
-    mts = load("memory_time_study")
+def test_memory_time_study_budget_parsing():
     assert mts.parse_budgets("0, 2,all") == [0, 2, None]
     for bad in ("-1", "x", ""):
         with pytest.raises(Exception):

@@ -4,9 +4,7 @@ the papers' table layout, and the evolution pictures come from a checkpoint.
 
 One grid is trained per module (``grid_dir``); everything after it calls the scripts' ``main`` in
 this process (no further torch start-ups), except the argument errors of the real ablate CLI."""
-import contextlib
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,8 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import experiments.ablate as ablate
+import experiments.evolution_pictures as ep
+import experiments.grad_accuracy as ga
+
 ROOT = Path(__file__).resolve().parents[2]
-EXP = ROOT / "experiments"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # two of the quick grid's four variants (given out of table order) keep it at 5 runs: ANODE (the static
 # cell of the evolution sweep), ANODEV2 (evolving weights; the sweep's variant) x 2 seeds, the diffusion run
@@ -28,23 +29,6 @@ def run(*args, check=True):
     if check and r.returncode != 0:
         raise AssertionError(f"{args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
-
-
-@contextlib.contextmanager
-def script(name):
-    """experiments/NAME.py imported by path as a fresh module, with experiments/ on sys.path (the
-    scripts import their siblings) and in sys.modules (dataclasses look their module up) meanwhile."""
-    mod_name = f"_{name}_under_test"
-    spec = importlib.util.spec_from_file_location(mod_name, EXP / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(EXP))
-    sys.modules[mod_name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(mod_name, None)
-        sys.path.remove(str(EXP))
 
 
 def exits(main, argv, capsys) -> tuple[object, str]:
@@ -83,41 +67,40 @@ def test_grid_runs_aggregates_and_skips_finished_runs(grid_dir, capsys):
     a = 100 * accs["resnet4-anode-s0"]
     assert cells[:2] == ["test acc avg (min–max, n)", f"{a:.2f} ({a:.2f}–{a:.2f}, n=1)"]
     assert (grid_dir / "curves.png").stat().st_size > 1000
-    with script("ablate") as ablate:
-        assert ablate.main(["--grid", "quick", "--out", str(grid_dir), *SELECTION]) == 0
+    assert ablate.main(["--grid", "quick", "--out", str(grid_dir), *SELECTION]) == 0
     assert capsys.readouterr().out.count("done, skipped") == 5
 
 
 def test_partial_run_is_resumed(grid_dir, capsys):
     dry = ["--grid", "quick", "--out", str(grid_dir), *SELECTION, "--dry-run"]
-    with script("ablate") as ablate:
-        assert ablate.main(dry) == 0
-        assert capsys.readouterr().out.count("done ") == 5
-        # a run whose metrics lack the last epoch but which has last.pt is 'partial' (resumable)
-        (grid_dir / "resnet4-anode-s1" / "metrics.jsonl").write_text("")
-        assert ablate.main(dry) == 0
+    assert ablate.main(dry) == 0
+    assert capsys.readouterr().out.count("done ") == 5
+    # a run whose metrics lack the last epoch but which has last.pt is 'partial' (resumable)
+    (grid_dir / "resnet4-anode-s1" / "metrics.jsonl").write_text("")
+    assert ablate.main(dry) == 0
     assert "partial  resnet4-anode-s1" in capsys.readouterr().out
 
 
 def test_evolution_pictures_from_checkpoint(grid_dir, tmp_path, capsys):
     out = tmp_path / "pics"
-    with script("evolution_pictures") as ep:
-        assert ep.main(["--checkpoint", str(grid_dir / "resnet4-anodev2-s0" / "last.pt"), "--out", str(out)]) == 0
-        assert "||θ(1) - θ(0)|| / ||θ(0)||" in capsys.readouterr().out
-        pngs = sorted(p.name for p in out.glob("kernels_*.png"))
-        assert pngs == ["kernels_layer1.0_conv1.weight.png", "kernels_layer1.0_conv2.weight.png"]
-        rows = list(csv.DictReader(open(out / "rel_change.csv")))
-        assert {float(r["rel_change"]) for r in rows if r["n"] == "0"} == {0.0}
-        assert all(float(r["rel_change"]) > 0 for r in rows if r["n"] != "0")
-        code, err = exits(ep.main, ["--checkpoint", str(grid_dir / "resnet4-anode-s0" / "last.pt"),
-                                    "--out", str(out)], capsys)
-        assert code == 2 and "no ODE block has evolving weights" in err
-        code, _ = exits(ep.main, ["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)], capsys)
-        assert isinstance(code, str) and "does not exist" in code  # SystemExit(message): status 1, message on stderr
+    assert ep.main(["--checkpoint", str(grid_dir / "resnet4-anodev2-s0" / "last.pt"), "--out", str(out)]) == 0
+    assert "||θ(1) - θ(0)|| / ||θ(0)||" in capsys.readouterr().out
+    pngs = sorted(p.name for p in out.glob("kernels_*.png"))
+    assert pngs == ["kernels_layer1.0_conv1.weight.png", "kernels_layer1.0_conv2.weight.png"]
+    rows = list(csv.DictReader(open(out / "rel_change.csv")))
+    assert {float(r["rel_change"]) for r in rows if r["n"] == "0"} == {0.0}
+    assert all(float(r["rel_change"]) > 0 for r in rows if r["n"] != "0")
+    code, err = exits(ep.main, ["--checkpoint", str(grid_dir / "resnet4-anode-s0" / "last.pt"),
+                                "--out", str(out)], capsys)
+    assert code == 2 and "no ODE block has evolving weights" in err
+    code, _ = exits(ep.main, ["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)], capsys)
+    assert isinstance(code, str) and "does not exist" in code  # SystemExit(message): status 1, message on stderr
 
 
 def test_ablate_help_and_bad_arguments(tmp_path):
+    # by path and as a module (the two documented ways; both import the package experiments)
     assert "CPU-budget grid" in run("experiments/ablate.py", "--help").stdout
+    assert "CPU-budget grid" in run("-m", "experiments.ablate", "--help").stdout
     bad = run("experiments/ablate.py", "--grid", "cpu", "--out", str(tmp_path), "--models", "vgg", check=False)
     assert bad.returncode == 2 and "select no run of grid 'cpu'; allowed: models ['resnet4']" in bad.stderr
 
@@ -127,11 +110,10 @@ def test_grad_accuracy_uses_the_trained_f_of_a_checkpoint(grid_dir, tmp_path):
     ckpt = grid_dir / "resnet4-anode-s0" / "last.pt"
     argv = ["--weights", str(ckpt), "--methods", "euler", "--steps", "1,2", "--seeds", "1", "--batch", "2",
             "--size", "8", "--no-plot", "--out", str(tmp_path)]
-    with script("grad_accuracy") as ga:
-        args = ga.parse_args(argv)
-        trained = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
-        for name, value in args.model_f.state_dict().items():
-            assert torch.equal(value, trained[f"layer1.0.f.{name}"]), name
-        rows = ga.main(argv)
+    args = ga.parse_args(argv)
+    trained = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    for name, value in args.model_f.state_dict().items():
+        assert torch.equal(value, trained[f"layer1.0.f.{name}"]), name
+    rows = ga.main(argv)
     assert [(r["block"], r["steps"]) for r in rows] == [(f"trained:{ckpt}", 1), (f"trained:{ckpt}", 2)]
     assert all(r["ck_err_params"] < 1e-12 and r["bs_err_params"] > 1e-6 for r in rows)

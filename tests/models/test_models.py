@@ -308,13 +308,8 @@ def test_param_table_script(capsys):
 
 
 def test_bench_workers_measure_training_steps():
-    import importlib.util
-    from pathlib import Path
+    import experiments.bench_models as bench
 
-    path = Path(__file__).resolve().parents[2] / "experiments" / "bench_models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     assert bench.row_build_args("ode-backprop") == ("anode", {"grad": "backprop"})
     args = bench.parse_args(["--model", "resnet4", "--row", "anodev2", "--quick",
                              "--variants", "baseline,anodev2"])
