@@ -16,6 +16,8 @@ Helpers (imported by scripts, never run):
   mode in fresh subprocesses), ``memory`` (peak RSS, allocator settings), ``timing`` (timed
   steps), ``ops`` (aten-op counting), ``args`` (the shared command-line options);
 * :mod:`experiments.output` -- CSV / PNG / number formatting written once;
+* :mod:`experiments.significance` -- paired statistics of seed grids (paired t interval,
+  McNemar, Holm), pure Python;
 * :mod:`experiments.trained` -- rebuilding a trained network from a checkpoint.
 
 No script imports another script: what two scripts share lives in a helper module.
