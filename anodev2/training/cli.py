@@ -1,6 +1,7 @@
 """Command line of ``train_coupled.py``: argument parsing, config resolution, exit statuses.
 
-    python train_coupled.py --config NAME_OR_PATH [KEY=VALUE ...] [--resume RUN_DIR] [--print-config]
+    python train_coupled.py --config NAME_OR_PATH [KEY=VALUE ...] [--resume RUN_DIR [--allow-change KEY]]
+                            [--print-config]
     torchrun --nproc_per_node=N train_coupled.py --config ...      (DistributedDataParallel)
 
 Exit status (:data:`EXIT_STATUS`): 0 done; 1 the model diverged (non-finite loss, parameter or
@@ -14,16 +15,18 @@ import argparse
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, describe_keys,
                      dump_config, load_config, load_raw, merge_raw, parse_overrides)
 from .data import DataError
+from .resume_guard import RESUMES_KEY, free_keys, guard_resume
 from .run_files import CheckpointError, RunLockedError
-from .trainer import NonFiniteError, UsageError, fit
+from .trainer import NonFiniteError, UsageError, fit, with_absolute_data_root
 
-__all__ = ["main", "build_parser", "resolve_config", "EXIT_STATUS"]
+__all__ = ["main", "build_parser", "resolve_config", "resolve_resume", "EXIT_STATUS"]
 
 EXIT_STATUS = {"done": 0, "diverged": 1, "bad input": 2, "interrupted": 130}
 BAD_INPUT = (ConfigError, UsageError, DataError, CheckpointError, RunLockedError)
@@ -42,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
               f"overrides: dotted KEY=VALUE pairs anywhere on the line, VALUE parsed as YAML, e.g.\n"
               f"  train.epochs=1 data.subset_train=512 model.variant=anode optim.milestones=[100,150]\n\n"
               f"config keys (default  [allowed]  meaning):\n{describe_keys()}\n\n"
+              f"--resume RUN_DIR continues the run recorded in RUN_DIR/config.yaml. Overrides may change only\n"
+              f"{textwrap.fill(', '.join(free_keys()) + ';', 110, initial_indent='  ', subsequent_indent='  ')}\n"
+              f"  any other key (model, data, train.seed, train.batch_size: what defines the model, the data or the\n"
+              f"  randomness) exits 2 naming it unless given with --allow-change KEY. Every resume and its changes\n"
+              f"  (old -> new) are appended to the '{RESUMES_KEY}:' list of config.yaml.\n\n"
               "multi-process: torchrun --nproc_per_node=N train_coupled.py --config ... (gloo on CPU, NCCL on CUDA)\n"
               "exit status: " + ", ".join(f"{code} {what}" for what, code in EXIT_STATUS.items()))
     p = _Parser(prog="train_coupled.py", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,34 +59,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config name in anodev2/training/configs or a YAML path "
                         "(default with --resume: RUN_DIR/config.yaml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from RUN_DIR/last.pt")
+    p.add_argument("--allow-change", metavar="KEY", action="append", default=[],
+                   help="with --resume: let this key (or section, e.g. model) change although it defines the model, "
+                        "the data or the randomness (repeatable); see the list below")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=1")
     return p
 
 
-def resolve_config(config: Optional[str], overrides: Sequence[str], resume: Optional[str]) -> Config:
-    """The validated config of a command line. With ``resume``, out_dir is RUN_DIR and the base
-    config defaults to RUN_DIR/config.yaml."""
+def resolve_config(config: Optional[str], overrides: Sequence[str], resume: Optional[str],
+                   allow_change: Sequence[str] = ()) -> Config:
+    """The validated config of a command line. With ``resume``, out_dir is RUN_DIR, the base
+    config defaults to RUN_DIR/config.yaml and the resume guard applies (see :func:`resolve_resume`)."""
     if resume is None:
+        if allow_change:
+            raise UsageError(f"--allow-change {allow_change[0]} is allowed only with --resume RUN_DIR")
         if config is None:
             raise UsageError("--config NAME_OR_PATH is required (or --resume RUN_DIR); "
                              f"available configs: {', '.join(available_configs())}")
         return load_config(config, overrides)
+    return resolve_resume(config, overrides, resume, allow_change)[0]
+
+
+def resolve_resume(config: Optional[str], overrides: Sequence[str], resume: str,
+                   allow_change: Sequence[str] = ()) -> tuple[Config, list]:
+    """(config, resume records) of ``--resume RUN_DIR``: the new config is compared with the run's record
+    RUN_DIR/config.yaml; a change of a key outside resume_guard.FREE_KEYS not named in ``allow_change`` is a
+    ConfigError naming old -> new. The records are config.yaml's ``resumes:`` list plus this resume's."""
     run_dir = Path(resume)
     if not (run_dir / "last.pt").is_file():
         raise UsageError(f"--resume {resume}: no checkpoint {run_dir / 'last.pt'}; "
                          f"allowed: a run directory written by train_coupled.py")
+    record = run_dir / "config.yaml"
+    if not record.is_file():
+        raise UsageError(f"--resume {resume}: no {record}, the record of the run's settings that a resume is checked "
+                         f"against; allowed: a run directory written by train_coupled.py (restore its config.yaml)")
     if config is None:
-        config = str(run_dir / "config.yaml")
-        if not Path(config).is_file():
-            raise UsageError(f"--resume {resume}: no {config}; pass --config too")
+        config = str(record)
     over = parse_overrides(overrides)
     if "out_dir" in over and Path(str(over["out_dir"])).resolve() != run_dir.resolve():
         raise UsageError(f"out_dir={over['out_dir']} conflicts with --resume {resume}; "
                          f"a resumed run stays in its directory")
     raw = merge_raw(load_raw(config), over)
     raw["out_dir"] = str(run_dir)
-    return config_from_dict(raw, name=run_dir.name)
+    raw.pop(RESUMES_KEY, None)
+    new = config_from_dict(raw, name=run_dir.name)
+    old_raw = load_raw(record)
+    resumes = list(old_raw.pop(RESUMES_KEY, None) or [])
+    old_raw["out_dir"] = str(run_dir)
+    old = config_from_dict(old_raw, name=run_dir.name)
+    entry = guard_resume(with_absolute_data_root(old), with_absolute_data_root(new), allow_change, resume)
+    return new, resumes + [entry]
 
 
 def _resume_command(out_dir: str) -> str:
@@ -99,11 +130,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = None
     try:
-        cfg = resolve_config(args.config, args.overrides, args.resume)
+        resumes = None
+        if args.resume is None:
+            cfg = resolve_config(args.config, args.overrides, None, args.allow_change)
+        else:
+            cfg, resumes = resolve_resume(args.config, args.overrides, args.resume, args.allow_change)
         if args.print_config:
             print(dump_config(cfg), end="")
             return EXIT_STATUS["done"]
-        fit(cfg, resume=args.resume is not None)
+        fit(cfg, resume=args.resume is not None, resumes=resumes)
     except BAD_INPUT as e:
         if getattr(e, "quiet", False):  # another rank reported it
             return EXIT_STATUS["bad input"]

@@ -341,6 +341,9 @@ def config_from_dict(raw: Mapping, name: str = "config") -> Config:
         elif k == "out_dir":
             out = _coerce("out_dir", v, str, {})
             kwargs[k] = out.replace("{config}", name)
+        elif k == "resumes":  # a run's config.yaml: the record of its resumes (resume_guard.py), not a setting
+            from .resume_guard import check_resumes_value
+            check_resumes_value(v)
         else:
             raise _unknown(str(k), list(sections) + ["out_dir"] + _leaf_keys())
     kwargs.setdefault("out_dir", Config.__dataclass_fields__["out_dir"].default.replace("{config}", name))

@@ -432,11 +432,13 @@ def log_epoch(run: Run, rec: dict) -> None:
     print(summary_line(rec, cfg.train.epochs), flush=True)
 
 
-def _open_outputs(run: Run, state: RunState) -> None:
-    """config.yaml, model.txt, metrics.jsonl (rewritten from the restored history) and the TensorBoard writer."""
+def _open_outputs(run: Run, state: RunState, resumes: Optional[list] = None) -> None:
+    """config.yaml (with the record of every resume), model.txt, metrics.jsonl (rewritten from the restored
+    history) and the TensorBoard writer."""
     from ..models import format_description
+    from .resume_guard import config_yaml
     cfg, out = run.cfg, run.out
-    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    atomic_write_text(config_yaml(cfg, resumes, state.epoch), out / "config.yaml")
     description = format_description(run.model)
     atomic_write_text(description + "\n", out / "model.txt")
     atomic_write_text("".join(json_record(h) + "\n" for h in state.history), out / "metrics.jsonl")
@@ -449,8 +451,9 @@ def _open_outputs(run: Run, state: RunState) -> None:
     print(f"epochs {state.epoch + 1}..{cfg.train.epochs}\n{description}", flush=True)
 
 
-def fit(cfg: Config, resume: bool = False) -> list[dict]:
-    """Train ``cfg`` (continuing from ``out_dir/last.pt`` when ``resume``); returns the metrics history."""
+def fit(cfg: Config, resume: bool = False, resumes: Optional[list] = None) -> list[dict]:
+    """Train ``cfg`` (continuing from ``out_dir/last.pt`` when ``resume``); returns the metrics history.
+    ``resumes``: the records of the run's resumes (cli.resolve_resume) written to config.yaml's ``resumes:`` list."""
     cfg = with_absolute_data_root(cfg)
     run = lock = None
     try:
@@ -463,7 +466,7 @@ def fit(cfg: Config, resume: bool = False) -> list[dict]:
                           f"train.epochs={cfg.train.epochs}")
                 return state.history
         if run.is_main:
-            _open_outputs(run, state)
+            _open_outputs(run, state, resumes)
         for epoch in range(state.epoch, cfg.train.epochs):
             t0 = time.perf_counter()
             rec = train_one_epoch(run, state, epoch)

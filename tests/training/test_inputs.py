@@ -1,8 +1,16 @@
 """Issue 18, bad input of a run (helper D2's slice): every case is one ``error:`` line and exit status 2, no
 traceback; guarded resumes. In-process ``main([...])`` where the behaviour is not the process's own."""
+import datetime
+import shutil
+
 import pytest
 import torch
+import yaml
+from helpers import metrics
 
+from anodev2.training.cli import main
+from anodev2.training.config import load_config
+from anodev2.training.resume_guard import flatten, settings_before
 from anodev2.training.run_files import atomic_save, checksum_path, load_checkpoint
 
 
@@ -13,3 +21,73 @@ def test_an_uppercase_hex_sidecar_is_the_same_checksum(tmp_path):
     digest, name = side.read_text().split()
     side.write_text(f"{digest.upper()}  {name}\n")
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(8.0))
+
+
+# ----------------------------------------------------------------------------- guarded resume (W3)
+
+def _copy(run, tmp_path, name="run"):
+    dst = tmp_path / name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _one_error_line(err):
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_resume_cannot_change_the_model_the_data_or_the_randomness(one_epoch_run, tmp_path, capsys):
+    run = _copy(one_epoch_run, tmp_path)
+    before = {n: (run / n).read_bytes() for n in ("config.yaml", "last.pt", "metrics.jsonl")}
+    status = main(["--resume", str(run), "train.epochs=2", "model.steps=6", "model.method=rk4", "train.seed=7",
+                   "data.name=cifar10", "optim.lr=0.05", "log.progress_interval=5"])
+    err = _one_error_line(capsys.readouterr().err)
+    assert status == 2
+    for words in ("model.steps: 3 -> 6", "model.method: null -> 'rk4'", "train.seed: 0 -> 7",
+                  "data.name: 'synthetic' -> 'cifar10'", "allowed on a resume: train.epochs",
+                  "optim.*, log.* (see --help)",
+                  "add --allow-change data.name --allow-change model.method --allow-change model.steps "
+                  "--allow-change train.seed"):
+        assert words in err, (words, err)
+    assert "optim.lr" not in err and "log.progress_interval" not in err and "train.epochs:" not in err  # free keys
+    assert {n: (run / n).read_bytes() for n in before} == before  # nothing changed
+
+
+def test_an_allowed_change_is_recorded_in_config_yaml(one_epoch_run, tmp_path, capsys):
+    run = _copy(one_epoch_run, tmp_path)
+    first = yaml.safe_load((run / "config.yaml").read_text())
+    assert "resumes" not in first and first["model"]["steps"] == 3
+    assert main(["--resume", str(run), "train.epochs=2", "model.steps=4", "--allow-change", "model.steps",
+                 "log.progress_interval=5", "log.tensorboard=false"]) == 0
+    capsys.readouterr()
+    rec = yaml.safe_load((run / "config.yaml").read_text())
+    assert rec["model"]["steps"] == 4 and rec["train"]["epochs"] == 2  # what epoch 2 used
+    (r,) = rec["resumes"]
+    assert r["after_epoch"] == 1 and r["allowed"] == ["model.steps"]
+    assert r["changed"] == {"log.progress_interval": {"old": 30.0, "new": 5.0}, "log.tensorboard": {"old": True, "new": False},
+                            "model.steps": {"old": 3, "new": 4}, "train.epochs": {"old": 1, "new": 2}}
+    assert datetime.datetime.fromisoformat(r["time"]).tzinfo is not None
+    # what epoch 1 used is still recorded: undo the resume's changes
+    start = settings_before({k: v for k, v in rec.items() if k != "resumes"}, rec["resumes"], 0)
+    assert start == {**flatten(first), "out_dir": str(run)}  # (the copy's out_dir is its own)
+    assert load_config(str(run / "config.yaml")).model.steps == 4  # the record is still a loadable config
+    # a second resume appends; nothing changed is recorded as such
+    assert main(["--resume", str(run), "train.epochs=3", "log.tensorboard=false"]) == 0
+    capsys.readouterr()
+    rec2 = yaml.safe_load((run / "config.yaml").read_text())
+    assert rec2["resumes"][0] == r and rec2["resumes"][1]["after_epoch"] == 2
+    assert rec2["resumes"][1]["changed"] == {"train.epochs": {"old": 2, "new": 3}}
+    assert [m["epoch"] for m in metrics(run)] == [1, 2, 3]
+
+
+def test_allow_change_names_a_key_and_needs_resume(one_epoch_run, tmp_path, capsys):
+    assert main(["--resume", str(one_epoch_run), "--allow-change", "model.stepz", "train.epochs=1"]) == 2
+    assert "--allow-change model.stepz: not a config key" in _one_error_line(capsys.readouterr().err)
+    assert main(["--config", "smoke", "--allow-change", "model.steps", f"out_dir={tmp_path / 'x'}"]) == 2
+    assert "--allow-change model.steps is allowed only with --resume" in _one_error_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--allow-change KEY" in out and "Overrides may change only" in out
+    assert "train.epochs" in out.split("Overrides may change only")[1].split("any other key")[0]
+    assert "model.steps" not in out.split("Overrides may change only")[1].split("any other key")[0]

@@ -67,7 +67,8 @@ def test_divergence_at_the_end_of_an_epoch_is_caught_before_the_checkpoint(one_e
     run = _copy(one_epoch_run, tmp_path)
     before = {n: (run / n).read_bytes() for n in ("last.pt", "last.pt.sha256", "best.pt")}
     # one step per epoch: the step's loss is finite, its lr=1e30 update is not
-    proc = run_cli("--resume", run, "train.epochs=3", "optim.lr=1e30", "train.batch_size=64")
+    proc = run_cli("--resume", run, "train.epochs=3", "optim.lr=1e30", "train.batch_size=64",
+                   "--allow-change", "train.batch_size")
     err = _one_error_line(proc, status=1)
     assert "the model diverged in epoch 2" in err and "test_loss" in err and "not saved" in err, err
     assert f"last good checkpoint: {run / 'last.pt'} (epoch 1, kept intact)" in err, err

@@ -157,7 +157,10 @@ def _bad_cases(tmp):
 def test_every_bad_input_gives_one_error_line_and_status_2(tmp_path, capsys, one_epoch_run):
     before = (one_epoch_run / "last.pt").read_bytes()
     resume_cases = [
-        (["--resume", one_epoch_run, "train.epochs=2", "model.width=0.5"], ["does not match", "model"]),
+        (["--resume", one_epoch_run, "train.epochs=2", "model.width=0.5"],
+         ["model.width: 0.25 -> 0.5", "--allow-change model.width"]),  # the resume guard (tests/training/test_inputs.py)
+        (["--resume", one_epoch_run, "train.epochs=2", "model.width=0.5", "--allow-change", "model.width"],
+         ["does not match", "model"]),  # allowed, but the checkpoint cannot hold that model
         (["--resume", one_epoch_run, "train.epochs=2", "optim.name=adam"], ["optim.name=sgd"]),
         (["--resume", one_epoch_run, f"out_dir={tmp_path}"], ["conflicts with --resume"]),
     ]

@@ -1,0 +1,133 @@
+"""Guarded resumes: what a ``--resume`` may change, and the record of what it changed.
+
+A run resumed with ``--resume RUN_DIR`` continues the experiment recorded in ``RUN_DIR/config.yaml``.
+Settings that define the model, the data or the randomness (every key but :data:`FREE_KEYS`:
+model.*, data.name/root/subsets/augment, train.seed, train.batch_size) cannot change on a resume unless the user names them with ``--allow-change KEY``
+(a key or a section, repeatable): otherwise the resume exits 2 naming each changed key with its
+old and new value. Keys in :data:`FREE_KEYS` (how long, how often to evaluate and log, where and
+with how many workers it runs, the optimiser's settings) may change freely; every change is recorded.
+
+Every resume is appended to the ``resumes:`` list at the end of ``config.yaml``::
+
+    resumes:
+    - time: '2026-12-02T04:50:00+00:00'
+      after_epoch: 3                 # epochs 1..3 ran with the old values below
+      changed: {train.epochs: {old: 3, new: 10}, model.steps: {old: 2, new: 6}}
+      allowed: [model.steps]
+
+so the settings of every epoch can be reconstructed from the sections above the list (the newest
+settings) by undoing the changes newest first (:func:`settings_before`).
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from .config import Config, ConfigError, _leaf_keys, _sections, config_to_dict, dump_config, yaml_text
+
+__all__ = ["FREE_KEYS", "free_keys", "flatten", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
+           "settings_before", "check_resumes_value", "RESUMES_KEY"]
+
+RESUMES_KEY = "resumes"
+
+#: keys (or whole sections, ending in '.') a resume may change without --allow-change: they do not define the model,
+#: the data or the randomness, only how long the run goes, how often it evaluates and logs, and where it runs.
+#: The optimiser section may change (a hand-lowered lr is a common, deliberate step), and the change is recorded.
+FREE_KEYS = ("train.epochs", "train.eval_every", "train.device", "train.micro_batches", "train.amp", "data.workers",
+             "data.download", "optim.", "log.")
+
+
+def _matches(key: str, pattern: str) -> bool:
+    """``key`` is ``pattern`` or lies below it (``model`` and ``model.`` cover ``model.steps``)."""
+    p = pattern.rstrip(".")
+    return key == p or key.startswith(p + ".")
+
+
+def free_keys() -> list[str]:
+    """The leaf config keys a resume may change freely (for --help)."""
+    return [k for k in _leaf_keys() if any(_matches(k, f) for f in FREE_KEYS)]
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{'model': {'steps': 2}}`` -> ``{'model.steps': 2}`` (nested mappings all the way down; lists are values)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_allowed_keys(keys: Sequence[str]) -> None:
+    """ConfigError unless every ``--allow-change`` KEY names a config key or section."""
+    valid = _leaf_keys()
+    sections = list(_sections())
+    for k in keys:
+        if k in sections or k in valid or k.startswith("model.options.") or any(v.startswith(k + ".") for v in valid):
+            continue
+        raise ConfigError(f"--allow-change {k}: not a config key; allowed: a key or section of --help's list "
+                          f"(e.g. model.steps, model, train.seed)")
+
+
+def changes(old: Config, new: Config) -> dict[str, tuple]:
+    """``{key: (old, new)}`` for every config key whose value differs (out_dir excluded: a resume stays put)."""
+    a, b = flatten(config_to_dict(old)), flatten(config_to_dict(new))
+    out = {}
+    for k in sorted(set(a) | set(b)):
+        if k == "out_dir":
+            continue
+        if a.get(k, "<unset>") != b.get(k, "<unset>"):
+            out[k] = (a.get(k, "<unset>"), b.get(k, "<unset>"))
+    return out
+
+
+def guard_resume(old: Config, new: Config, allowed: Sequence[str], run_dir: str) -> dict:
+    """The record of this resume's changes; ConfigError naming every guarded key changed without --allow-change."""
+    check_allowed_keys(allowed)
+    diff = changes(old, new)
+    refused = {k: v for k, v in diff.items()
+               if not any(_matches(k, f) for f in FREE_KEYS) and not any(_matches(k, a) for a in allowed)}
+    if refused:
+        what = ", ".join(f"{k}: {yaml_text(o)} -> {yaml_text(n)}" for k, (o, n) in refused.items())
+        flags = " ".join(f"--allow-change {k}" for k in refused)
+        raise ConfigError(f"--resume {run_dir} would change settings that define the model, the data or the "
+                          f"randomness of the run ({what}); allowed on a resume: {', '.join(k + '*' if k.endswith('.') else k for k in FREE_KEYS)} "
+                          f"(see --help); to change them anyway, add {flags}")
+    unused = [a for a in allowed if not any(_matches(k, a) for k in diff)]
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "after_epoch": None,
+            "changed": {k: {"old": o, "new": n} for k, (o, n) in diff.items()},
+            "allowed": list(allowed), **({"allowed_but_unchanged": unused} if unused else {})}
+
+
+def config_yaml(cfg: Config, resumes: Optional[list], epoch: int) -> str:
+    """The text of config.yaml: the resolved config, then the ``resumes:`` list (the newest entry's
+    ``after_epoch`` filled in with ``epoch``, the epochs run before this resume)."""
+    text = dump_config(cfg)
+    if not resumes:
+        return text
+    resumes = [dict(r) for r in resumes]
+    if resumes[-1].get("after_epoch") is None:
+        resumes[-1]["after_epoch"] = epoch
+    return text + yaml.safe_dump({RESUMES_KEY: resumes}, sort_keys=False, width=10**6)
+
+
+def settings_before(current: Mapping, resumes: Sequence[Mapping], index: int) -> dict:
+    """The flat settings in force before resume number ``index`` (0 = the run's start): ``current`` (flat or
+    nested, the sections of config.yaml) with the changes of resumes ``index``.. undone, newest first."""
+    flat = flatten(current) if any(isinstance(v, Mapping) for v in current.values()) else dict(current)
+    for r in reversed(list(resumes)[index:]):
+        for k, ch in (r.get("changed") or {}).items():
+            flat[k] = ch["old"]
+    return flat
+
+
+def check_resumes_value(value) -> None:
+    """ConfigError unless ``value`` looks like a ``resumes:`` list written by :func:`config_yaml`."""
+    if not isinstance(value, list) or not all(isinstance(r, Mapping) and "changed" in r for r in value):
+        raise ConfigError(f"{RESUMES_KEY}={yaml_text(value)} is not allowed; allowed: the list of resume records "
+                          f"train_coupled.py writes to a run's config.yaml")
