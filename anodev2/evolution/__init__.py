@@ -1,63 +1,97 @@
-"""Weight evolutions ``q`` for coupled ODE blocks: ``dθ/dt = q(θ, p)`` (ANODEV2).
+"""Time-varying weights for ODE blocks: ANODEV2's coupled weight ODE ``dθ/dt = q(θ, p)`` and the
+families a reviewer compares it with, behind one interface and one registry.
 
-Public API::
+Registry (``registry.py``; adding a kind is one entry of ``EVOLUTIONS``)::
 
-    EVOLUTION_KINDS = ("static", "diffusion", "advection", "reaction", "rda")
-    evo = build_evolution(kind, {"conv1.weight": torch.Size([O, I, k, k]), ...}, **options)
-    dthetas = evo(t, thetas)        # tuple in, tuple out, same shapes (no batch dim)
-    evo.coefficients()              # {"conv1.weight/diffusion": Tensor[O], ...} effective values
-    evo.set_coefficients({"conv1.weight/diffusion": 0.1})  # exact; out of bound -> ValueError
-    evo.bounds()                    # {"diffusion": (0.0, 0.125), ...}
+    EVOLUTIONS: dict[str, EvolutionSpec]      # kind -> factory, options, style, default targets, off meaning
+    EVOLUTION_KINDS = tuple(EVOLUTIONS)       # ("static", "diffusion", "advection", "reaction", "rda",
+                                              #  "generator", "linear", "galerkin", "untied", "time_input")
+    evolution_options(kind) -> {name: (default, description, (low, high))}
+    check_evolution_options(kind, options) -> options with defaults filled in (TypeError / ValueError)
+    build_evolution(kind, {"conv1.weight": torch.Size([O, I, k, k]), ...}, t0=0., t1=1., steps=None, **options)
+    describe_kinds() -> text for --help
 
-Zhang et al. 2019, arXiv 1906.04596; our operator is described in ``rda``.
+Spellings accepted by ``ODEBlock(evolution=...)`` and ``anodev2.models.build(..., evolution=...)``:
+a kind name, a mapping ``{"kind": name, "targets": [...], **options}``, or a built evolution.
+
+Interface (``WeightEvolution``, ``base.py``), by ``style``:
+
+* ``"ode"`` (diffusion, advection, reaction, rda, generator): θ is part of the ODE state;
+  ``evo(t, thetas) -> dθ/dt`` (tuple in, tuple out, same shapes, no batch dim).
+* ``"explicit"`` (linear, galerkin, untied): θ(t) is closed-form;
+  ``evo.weights_at_time(t, base, piece=None) -> tuple of θ(t)`` with ``base`` the θ0 tensors (the
+  parameters of f). Nothing is integrated; exact for any solver; gradients through ordinary
+  parameters in every gradient mode. ``evo.pieces``: untied's number of sub-intervals (the
+  block splits its solve there), else None.
+* ``"time_input"``: f sees t as an extra input channel of every target conv; ``evo.attach(f)``
+  once, ``with evo.at_time(t): f(z)``; ``weights_at_time`` reports the effective kernels ``[W, t·V]``.
+* ``"static"``: θ constant.
+
+Common to all: ``kind``, ``style``, ``targets``, ``target_shapes``, ``is_static``,
+``coefficients()`` -> ``{"<target>/<term>": Tensor}`` (detached; exactly what the forward uses),
+``bounds()`` -> ``{term: (low, high)}``, ``set_coefficients(mapping)`` (exact; out of bound ->
+ValueError), ``parameter_count()``, ``check_span(t0, t1, steps)``, ``off()`` (context manager;
+``off_meaning`` says what "evolution off" means: θ(t) = θ(t0) for the ode kinds, θ0 for linear /
+galerkin (galerkin: the time-average), θ0 in every piece for untied, t frozen at t0 for
+time_input) and ``enabled``.
+
+Zero initialisation (the default of every kind) makes a block exactly the ANODE block with the
+same weights. Zhang et al. 2019 (ANODEV2), arXiv 1906.04596; the operators are described in
+``rda``, ``generator``, ``schedules``, ``time_input`` and docs/EVOLUTION.md.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 from .base import StaticEvolution, WeightEvolution, safe_key
+from .generator import GeneratorEvolution, generator_bases
 from .operators import STENCILS, neumann_laplacian, stencil_matrices, upwind_advection
-from .rda import RDA_KINDS, RDA_OPTIONS, RDA_TERMS, RDAEvolution, check_options
+from .rda import ADVECTION_TERMS, RDA_DEFAULTS, RDA_KINDS, RDA_TERMS, RDAEvolution, check_options
+from .registry import (
+    EVOLUTION_KINDS,
+    EVOLUTIONS,
+    EvolutionSpec,
+    Option,
+    Span,
+    build_evolution,
+    check_evolution_options,
+    describe_kinds,
+    evolution_options,
+)
+from .schedules import GalerkinSchedule, LinearSchedule, UntiedSchedule, WeightSchedule, galerkin_basis
+from .slices import SliceEvolution, Term
+from .time_input import TimeInputEvolution
 
 __all__ = [
+    "EVOLUTIONS",
     "EVOLUTION_KINDS",
-    "RDA_OPTIONS",
-    "RDA_TERMS",
+    "EvolutionSpec",
+    "Option",
+    "Span",
     "build_evolution",
+    "check_evolution_options",
+    "evolution_options",
+    "describe_kinds",
     "WeightEvolution",
     "StaticEvolution",
+    "SliceEvolution",
+    "Term",
     "RDAEvolution",
+    "RDA_KINDS",
+    "RDA_TERMS",
+    "RDA_DEFAULTS",
+    "ADVECTION_TERMS",
+    "check_options",
+    "GeneratorEvolution",
+    "generator_bases",
+    "WeightSchedule",
+    "LinearSchedule",
+    "GalerkinSchedule",
+    "UntiedSchedule",
+    "galerkin_basis",
+    "TimeInputEvolution",
     "STENCILS",
     "stencil_matrices",
     "neumann_laplacian",
     "upwind_advection",
     "safe_key",
 ]
-
-EVOLUTION_KINDS: tuple[str, ...] = ("static",) + RDA_KINDS
-
-
-def build_evolution(
-    kind: str, target_shapes: Mapping[str, Sequence[int]], **options: float
-) -> WeightEvolution:
-    """Build the weight evolution ``kind`` for the given targets.
-
-    Args:
-        kind: one of ``EVOLUTION_KINDS``.
-        target_shapes: ordered ``{parameter name (relative to f): shape}``; every shape must be
-            a 4-D conv weight ``[O, I, kH, kW]``.
-        **options: ``d_max``, ``a_max``, ``r_max``, ``init_scale`` (see ``RDAEvolution``);
-            validated for every kind, unused by "static".
-
-    Returns:
-        ``StaticEvolution`` for "static", else ``RDAEvolution``.
-    """
-    if not isinstance(kind, str):
-        raise TypeError(f"evolution kind must be a str, one of {EVOLUTION_KINDS}; got {type(kind).__name__}")
-    if kind not in EVOLUTION_KINDS:
-        raise ValueError(f"unknown evolution kind {kind!r}; allowed: {EVOLUTION_KINDS}")
-    if kind == "static":
-        check_options(options)
-        return StaticEvolution(target_shapes)
-    return RDAEvolution(kind, target_shapes, **options)

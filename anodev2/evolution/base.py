@@ -9,7 +9,8 @@ parameters (the learned coefficients).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -62,27 +63,57 @@ def check_conv_shapes(target_shapes: Mapping[str, torch.Size]) -> None:
 
 
 class WeightEvolution(nn.Module):
-    """Base class of weight evolutions ``q``.
+    """Base class of every time-varying-weight family (see the interface in ``anodev2.evolution``).
 
     Attributes:
-        kind: the evolution kind (one of ``EVOLUTION_KINDS``).
+        kind: the registry name (a key of ``anodev2.evolution.EVOLUTIONS``).
+        style: how the block uses it -- ``"static"`` (θ constant, nothing integrated), ``"ode"``
+            (θ is part of the ODE state, ``forward(t, thetas) = dθ/dt``), ``"explicit"`` (θ(t)
+            is a closed-form function of t, :meth:`weights_at_time`; nothing integrated) or
+            ``"time_input"`` (f sees t as an extra input channel, :meth:`attach`).
         targets: names of the evolved parameters (relative to ``f``), in order.
         target_shapes: ``{name: torch.Size}`` in the same order.
-        is_static: True when ``q = 0`` identically (the block may skip θ integration).
+        is_static: True when θ(t) = θ0 identically (the block may skip all evolution work).
+        pieces: explicit families whose θ(t) jumps inside ``[t0, t1]`` (``untied``): the number of
+            equal sub-intervals; the block splits its solve there. None otherwise.
+        enabled: False inside :meth:`off` (the family's "evolution off" meaning, ``off_meaning``).
+        off_meaning: one sentence saying what evolution-off means for this family (None: no switch).
 
-    ``forward(t, thetas)``: ``t`` a 0-dim tensor, ``thetas`` a tuple with one tensor per
-    target (shape ``target_shapes[name]``); returns a tuple ``dθ/dt`` of the same shapes
+    ``forward(t, thetas)`` (ode style): ``t`` a 0-dim tensor, ``thetas`` a tuple with one tensor
+    per target (shape ``target_shapes[name]``); returns a tuple ``dθ/dt`` of the same shapes
     and dtypes. Subclasses implement ``_rates(t, thetas)``.
     """
 
     kind: str = "base"
+    style: str = "ode"
     is_static: bool = False
+    pieces = None
+    off_meaning = None
 
     def __init__(self, target_shapes: Mapping[str, Sequence[int]]):
         super().__init__()
         shapes = _normalise_shapes(target_shapes)
         self.targets: tuple[str, ...] = tuple(shapes)
         self.target_shapes: dict[str, torch.Size] = shapes
+        self.enabled = True
+
+    # --- evolution off ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def off(self) -> Iterator["WeightEvolution"]:
+        """Within the context the family is switched off (``off_meaning`` says what that means;
+        every family: the block's f then uses its stored parameters θ0, except untied: piece 0 =
+        θ0, and time_input: t frozen at t0). Raises for a family without a switch."""
+        if self.off_meaning is None:
+            raise ValueError(f"evolution kind {self.kind!r} has no evolution-off switch")
+        before = self.enabled
+        self.enabled = False
+        try:
+            yield self
+        finally:
+            self.enabled = before
+
+    def check_span(self, t0: float, t1: float, steps: int) -> None:
+        """Raise ValueError if this evolution cannot serve a block on ``[t0, t1]`` with ``steps``."""
 
     def forward(self, t: torch.Tensor, thetas: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if not isinstance(thetas, (tuple, list)):
@@ -102,13 +133,16 @@ class WeightEvolution(nn.Module):
                     f"theta for target {name!r} has shape {tuple(theta.shape)}, expected "
                     f"{tuple(self.target_shapes[name])}"
                 )
+        if not self.enabled:
+            return tuple(torch.zeros_like(theta) for theta in thetas)
         return self._rates(t, tuple(thetas))
 
     def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def coefficients(self) -> dict[str, torch.Tensor]:
-        """Detached effective coefficients: ``{"<target>/<term>": Tensor[O]}``."""
+        """Detached effective coefficients (exactly the values the forward uses):
+        ``{"<target>/<term>": Tensor}``."""
         return {}
 
     def bounds(self) -> dict[str, tuple[float, float]]:
@@ -120,6 +154,10 @@ class WeightEvolution(nn.Module):
         coefficients accepts only an empty mapping."""
         if mapping:
             raise ValueError(f"evolution kind {self.kind!r} has no coefficients; got keys {sorted(mapping)}")
+
+    def parameter_count(self) -> int:
+        """Number of learned scalars the family adds to the block (its own parameters)."""
+        return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, targets={self.targets}"
@@ -134,6 +172,7 @@ class StaticEvolution(WeightEvolution):
     """
 
     kind = "static"
+    style = "static"
     is_static = True
 
     def __init__(self, target_shapes: Mapping[str, Sequence[int]]):

@@ -1,29 +1,34 @@
-"""Conservative finite-volume operators on conv-kernel grids.
+"""Finite-volume operators on conv-kernel grids (diffusion, one-sided upwind advection).
 
 A weight ``W`` of shape ``[..., H, W]`` (normally ``[O, I, kH, kW]``) is read as a batch of
 fields on an ``H x W`` grid of unit cells. Orientation: **x is the last dimension** (column
-index ``j``), **y the second-to-last** (row index ``i``). All operators are in flux form,
-``dw_c/dt = -(sum of fluxes out of cell c)``, so the sum of every slice is conserved exactly:
+index ``j``, "right" = larger ``j``), **y the second-to-last** (row index ``i``, "down" = larger
+``i``). All operators are in flux form, ``dw_c/dt = -(sum of fluxes out of cell c)``:
 
 * **Diffusion** ``L``: 5-point Laplacian with zero-flux (Neumann) walls, face flux
-  ``w_c - w_nb``. Symmetric, rows and columns sum to 0.
-* **Advection** with velocity ``a`` along x (resp. y): first-order upwind flux
-  ``F_{j+1/2} = a (w_j + w_{j+1})/2 - |a| (w_{j+1} - w_j)/2`` (= ``a w_upwind``) on a *periodic*
-  line, i.e. the flux leaving one edge of the slice enters the opposite edge; a positive ``a``
-  moves the pattern towards larger index. Written as ``-a C + |a| L_1/2`` with ``C`` the
-  central difference and ``L_1`` the 1-D second difference, both periodic.
+  ``w_c - w_nb``. Symmetric, rows and columns sum to 0 (the slice's sum is conserved).
+* **Advection**, one operator per direction (right, left, down, up), each scaled by its own
+  non-negative speed: first-order upwind transport with **outflow walls** -- for "right",
+  ``dw_j/dt = w_{j-1} - w_j`` with ``w_{-1} = 0``: nothing enters at the upwind wall and what
+  reaches the downwind wall leaves the kernel (no wrap-around: opposite edges of a filter are
+  never mixed). Every row sums to 0 except the upwind wall's, which sums to -1, and all
+  off-diagonal entries are >= 0, so an Euler step ``I + hA`` with ``h·speed <= 1`` is
+  entrywise non-negative with row sums <= 1: max-norm non-increasing (the sum is *not*
+  conserved: mass leaves through the outflow wall). A velocity ``a`` of either sign is the
+  pair (right, left) = (a⁺, a⁻); both non-zero add 1-D diffusion ``min(right, left)`` along x.
 
-Why periodic advection: an operator ``A`` whose Euler step ``I + hA`` is a convex combination
-(rows sum to 1, entries >= 0) *and* conserves the sum (columns sum to 1) has ``A 1 = 0`` and
-``1^T A = 0`` with non-negative off-diagonal entries; on a line with walls and nearest-neighbour
-coupling (a path graph) that forces ``A`` symmetric, i.e. pure diffusion. Wrapping the line
-is the only nearest-neighbour way to transport a kernel pattern that keeps both properties.
+Why one-sided speeds rather than a signed velocity with ``|a|``: the upwind scheme written with
+a signed ``a`` is ``-a C + |a| L_1/2``, which has a kink at ``a = 0`` (the initial value), where
+plain gradient descent can settle on the wrong sign. With the speeds as separate
+non-negative coefficients, ``q`` is *linear* in every coefficient (the loss is smooth in each),
+the feasible set is a box, and the sign of the net transport is chosen by which of the two
+speeds the gradient increases -- no kink, no wrong-sign local minimum of the operator itself.
 
 Every linear operator here is returned as a dense matrix over the ``H*W`` cells
-(:func:`stencil_matrices`), so that all slices of every kernel of one shape are evolved by
-a single matmul (cheap in kernel launches on every device). The pad-based functions
-:func:`neumann_laplacian` and :func:`upwind_advection` are independent reference
-implementations (used by the tests). ANODEV2: Zhang et al. 2019, arXiv 1906.04596, Sec. 3.
+(:func:`stencil_matrices`), so that all slices of every kernel of one shape are evolved by a
+single matmul. The pad-based functions :func:`neumann_laplacian` and :func:`upwind_advection`
+are independent reference implementations (used by the tests). ANODEV2: Zhang et al. 2019,
+arXiv 1906.04596, Sec. 3.
 """
 
 from __future__ import annotations
@@ -33,9 +38,8 @@ import torch.nn.functional as F
 
 __all__ = ["STENCILS", "stencil_matrices", "neumann_laplacian", "upwind_advection"]
 
-#: order of the stencil matrices returned by :func:`stencil_matrices`; the coefficient each one
-#: is multiplied by is ``D, a_x, |a_x|, a_y, |a_y|``.
-STENCILS: tuple[str, ...] = ("laplacian", "advect_x", "upwind_x", "advect_y", "upwind_y")
+#: order of the stencil matrices returned by :func:`stencil_matrices`.
+STENCILS: tuple[str, ...] = ("laplacian", "right", "left", "down", "up")
 
 
 def _check(w: torch.Tensor) -> None:
@@ -46,34 +50,35 @@ def _check(w: torch.Tensor) -> None:
 
 
 def _line_operators(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(Neumann second difference, periodic central difference, periodic second difference)``
-    on a line of ``n`` cells, each ``[n, n]`` (all zero for ``n == 1``)."""
-    eye = torch.eye(n, dtype=dtype)
+    """``(Neumann second difference, outflow upwind towards larger index, towards smaller index)``
+    on a line of ``n`` cells, each ``[n, n]`` (all zero for ``n == 1``: nothing can move)."""
     if n == 1:
         zero = torch.zeros(1, 1, dtype=dtype)
         return zero, zero, zero
-    up, down = torch.roll(eye, 1, dims=1), torch.roll(eye, -1, dims=1)  # (up w)_j = w_{j+1}
-    neumann = torch.diag(torch.ones(n - 1, dtype=dtype), 1) + torch.diag(torch.ones(n - 1, dtype=dtype), -1)
+    eye = torch.eye(n, dtype=dtype)
+    below = torch.diag(torch.ones(n - 1, dtype=dtype), -1)  # (below w)_j = w_{j-1}
+    above = torch.diag(torch.ones(n - 1, dtype=dtype), 1)  # (above w)_j = w_{j+1}
+    neumann = below + above
     neumann = neumann - torch.diag(neumann.sum(dim=1))
-    return neumann, 0.5 * (up - down), up + down - 2 * eye
+    return neumann, below - eye, above - eye
 
 
 def stencil_matrices(height: int, width: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The linear operators of ``STENCILS`` as matrices over a row-major ``height x width`` grid.
 
     Returns ``[5, H*W, H*W]``: ``S[k] @ w.flatten()`` is stencil ``k`` applied to one slice.
-    ``q = D S[0] + a_x S[1] + |a_x| S[2] + a_y S[3] + |a_y| S[4]`` is diffusion plus upwind
-    advection; every ``S[k]`` has zero column sums (conservation) and zero row sums.
+    ``q = D S[0] + right S[1] + left S[2] + down S[3] + up S[4]`` is diffusion plus upwind
+    advection with outflow walls.
     """
     if min(height, width) < 1:
         raise ValueError(f"grid must be at least 1x1, got {height}x{width}")
-    ly, cy, py = _line_operators(height, dtype)
-    lx, cx, px = _line_operators(width, dtype)
+    ly, dy, uy = _line_operators(height, dtype)
+    lx, rx, lfx = _line_operators(width, dtype)
     iy, ix = torch.eye(height, dtype=dtype), torch.eye(width, dtype=dtype)
     return torch.stack([
         torch.kron(ly, ix) + torch.kron(iy, lx),
-        -torch.kron(iy, cx), 0.5 * torch.kron(iy, px),
-        -torch.kron(cy, ix), 0.5 * torch.kron(py, ix),
+        torch.kron(iy, rx), torch.kron(iy, lfx),
+        torch.kron(dy, ix), torch.kron(uy, ix),
     ])
 
 
@@ -90,19 +95,30 @@ def neumann_laplacian(w: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, h, wd)
 
 
-def upwind_advection(w: torch.Tensor, a_x: torch.Tensor, a_y: torch.Tensor) -> torch.Tensor:
-    """First-order upwind, periodic, flux-form advection ``-∂x(a_x w) - ∂y(a_y w)``.
+def upwind_advection(w: torch.Tensor, right: torch.Tensor, left: torch.Tensor,
+                     down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """First-order upwind advection with outflow walls (zero inflow), one speed per direction.
 
-    ``w``: ``[O, ..., H, W]``; ``a_x``, ``a_y``: ``[O]`` velocities (positive = towards larger
-    index). Returns ``[O, ..., H, W]``.
+    ``w``: ``[O, ..., H, W]``; ``right, left, down, up``: ``[O]`` non-negative speeds.
+    Returns ``[O, ..., H, W]``: ``Σ_dir speed_dir (w shifted one cell along dir, zero-filled - w)``.
     """
     _check(w)
     shape = (-1,) + (1,) * (w.dim() - 1)
     out = torch.zeros_like(w)
-    for a, dim in ((a_x.reshape(shape), -1), (a_y.reshape(shape), -2)):
+    h, wd = w.shape[-2:]
+    for speed, dim, pad in ((right, -1, (1, 0, 0, 0)), (left, -1, (0, 1, 0, 0)),
+                            (down, -2, (0, 0, 1, 0)), (up, -2, (0, 0, 0, 1))):
         if w.shape[dim] == 1:
             continue
-        nxt = torch.roll(w, -1, dims=dim)  # w_{j+1}
-        flux = torch.clamp(a, min=0) * w + torch.clamp(a, max=0) * nxt  # F_{j+1/2} = a w_upwind
-        out = out - (flux - torch.roll(flux, 1, dims=dim))
+        flat = w.reshape(-1, 1, h, wd)
+        g = F.pad(flat, pad)  # zero ghost cell on the upwind side
+        if pad[0]:
+            shifted = g[..., :, :-1]
+        elif pad[1]:
+            shifted = g[..., :, 1:]
+        elif pad[2]:
+            shifted = g[..., :-1, :]
+        else:
+            shifted = g[..., 1:, :]
+        out = out + speed.reshape(shape) * (shifted.reshape(w.shape) - w)
     return out
