@@ -167,7 +167,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = _opt(350, "number of epochs", min=1)
     batch_size: int = _opt(128, "images per optimizer step per process", min=1)
-    seed: int = _opt(0, "seed of initialisation, subsets, data order and augmentation", min=0)
+    seed: int = _opt(0, "seed of initialisation, subsets, data order and augmentation", min=0,
+                     max=2**63 - 1)  # a signed 64-bit value (torch.manual_seed overflows past 2**64 - 1)
     device: str = _opt("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
     eval_every: int = _opt(1, "evaluate on the test set every this many epochs (and after the last)", min=1)
     micro_batches: int = _opt(1, "split each batch into this many interleaved micro-batches (x[i::n]) whose "
@@ -404,11 +405,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _read_yaml(path: Path) -> dict:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
         raise ConfigError(f"cannot parse {path}: {msg}") from None
+    except UnicodeDecodeError as e:  # binary bytes
+        raise ConfigError(f"cannot read {path}: byte {e.start} is not UTF-8 text ({e.reason}); "
+                          f"allowed: a UTF-8 YAML text file") from None
+    except RecursionError:  # e.g. 20,000 nested '['
+        raise ConfigError(f"cannot parse {path}: its YAML nests too deeply for the parser; "
+                          f"allowed: a config of sections and values (a few levels deep)") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     if raw is None:
@@ -457,6 +464,9 @@ def parse_overrides(items: Sequence[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        except RecursionError:
+            raise ConfigError(f"override '{key}=...' nests too deeply for the YAML parser; allowed: a value "
+                              f"a few levels deep, e.g. optim.milestones=[100,150]") from None
         parts = key.split(".")
         if any(not p for p in parts):
             raise ConfigError(f"override key '{key}' is not allowed; allowed: dotted keys such as train.epochs")

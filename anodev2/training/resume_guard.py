@@ -28,7 +28,7 @@ import yaml
 from .config import Config, ConfigError, _leaf_keys, _sections, config_to_dict, dump_config, yaml_text
 
 __all__ = ["FREE_KEYS", "free_keys", "flatten", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
-           "settings_before", "check_resumes_value", "RESUMES_KEY"]
+           "settings_before", "check_resumes_value", "check_checkpoint", "RESUMES_KEY"]
 
 RESUMES_KEY = "resumes"
 
@@ -131,3 +131,37 @@ def check_resumes_value(value) -> None:
     if not isinstance(value, list) or not all(isinstance(r, Mapping) and "changed" in r for r in value):
         raise ConfigError(f"{RESUMES_KEY}={yaml_text(value)} is not allowed; allowed: the list of resume records "
                           f"train_coupled.py writes to a run's config.yaml")
+
+
+#: what a checkpoint must hold for a resume: key -> (check, what is allowed)
+_CHECKPOINT_KEYS = {
+    "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "model": (lambda v: isinstance(v, Mapping), "the model's state dict"),
+    "optimizer": (lambda v: isinstance(v, Mapping), "the optimiser's state dict"),
+    "rng": (lambda v: isinstance(v, Mapping) and {"python", "numpy", "torch"} <= set(v),
+            "the random generators' states {python, numpy, torch, cuda}"),
+    "config": (lambda v: isinstance(v, Mapping) and isinstance(v.get("optim"), Mapping) and "name" in v["optim"],
+               "the run's resolved config (a mapping with optim.name)"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, Mapping) for r in v),
+                "the list of per-epoch metric records"),
+    "optimizer_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "best_test_acc": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool),
+                      "a number or null"),
+}
+
+
+def check_checkpoint(ck: Mapping, path) -> None:
+    """CheckpointError naming the first missing or malformed key of a checkpoint read for a resume (a hand-made or
+    foreign file whose checksum verifies but that train_coupled.py did not write)."""
+    from .run_files import CheckpointError
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} lacks the key{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                              f"allowed: a checkpoint written by train_coupled.py (keys {', '.join(_CHECKPOINT_KEYS)})")
+    for k, (ok, what) in _CHECKPOINT_KEYS.items():
+        if not ok(ck[k]):
+            raise CheckpointError(f"{path}: key {k} holds {type(ck[k]).__name__} {str(ck[k])[:60]!r}; "
+                                  f"allowed: {what}")
+    if len(ck["history"]) != ck["epoch"]:
+        raise CheckpointError(f"{path}: key history has {len(ck['history'])} records for epoch {ck['epoch']}; "
+                              f"allowed: one record per epoch run")

@@ -36,6 +36,8 @@ from . import distributed as distmod
 from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import ArrayDataset, BatchLoader, default_root, load_datasets
 from .datasets import dataset_info
+from .limits import check_model_memory
+from .resume_guard import check_checkpoint
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress
 from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
@@ -231,6 +233,7 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
     _seed_everything(cfg.train.seed)
     facts = dataset_info(cfg.data.name)
     in_channels, num_classes = facts.channels, facts.classes
+    check_model_memory(cfg, device)  # before anything is allocated (model.width=100000)
     model = _build_model(cfg, in_channels, num_classes).to(device)
     train_set, test_set = _load_data(cfg, info)
     if train_set.in_channels != in_channels:
@@ -265,6 +268,7 @@ def restore(run: Run, ck: Optional[dict]) -> RunState:
         torch.distributed.broadcast_object_list(box, src=0)
         ck = box[0]
     cfg = run.cfg
+    check_checkpoint(ck, run.out / "last.pt")  # a hand-made file that verifies: name the missing key
     old_opt = ck["config"]["optim"]["name"]
     if old_opt != cfg.optim.name:
         raise UsageError(f"--resume {run.out}: the run used optim.name={old_opt}, "

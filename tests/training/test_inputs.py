@@ -91,3 +91,64 @@ def test_allow_change_names_a_key_and_needs_resume(one_epoch_run, tmp_path, caps
     assert "--allow-change KEY" in out and "Overrides may change only" in out
     assert "train.epochs" in out.split("Overrides may change only")[1].split("any other key")[0]
     assert "model.steps" not in out.split("Overrides may change only")[1].split("any other key")[0]
+
+
+# ----------------------------------------------------------------------------- configs, seeds, sizes, checkpoints
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe\x00\x01binary\x80\x81", ["is not UTF-8 text", "allowed: a UTF-8 YAML text file"]),
+    (b"[" * 20000, ["nests too deeply", "allowed: a config of sections and values"]),
+])
+def test_undecodable_and_pathological_yaml(tmp_path, capsys, content, words):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert main(["--config", str(path), f"out_dir={tmp_path / 'run'}"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert str(path) in err and all(w in err for w in words), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pathological_override(tmp_path, capsys):
+    assert main(["--config", "smoke", "model.options=" + "[" * 20000, f"out_dir={tmp_path / 'run'}"]) == 2
+    assert "override 'model.options=...' nests too deeply" in _one_error_line(capsys.readouterr().err)
+
+
+def test_seed_range(tmp_path, capsys):
+    assert main(["--config", "smoke", f"train.seed={2**64}", f"out_dir={tmp_path / 'run'}"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert f"train.seed={2**64} is not allowed; allowed: integer, >= 0 and <= {2**63 - 1}" in err, err
+    cfg = load_config("smoke", [f"train.seed={2**63 - 1}"])
+    from anodev2.training.trainer import _seed_everything
+    _seed_everything(cfg.train.seed)  # the largest allowed seed seeds every generator
+    assert torch.initial_seed() == 2**63 - 1
+    torch.manual_seed(0)
+
+
+def test_absurd_width_is_refused_before_allocating(tmp_path, capsys):
+    from anodev2.training.config import ConfigError
+    from anodev2.training.limits import check_model_memory
+    assert main(["--config", "smoke", "data.name=synthetic", "model.width=100000",
+                 f"out_dir={tmp_path / 'run'}"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert "model.width=100000 gives a resnet4 of about" in err and "allowed: a network that fits, here model.width <=" in err
+    # the bound: resnet4/anodev2 has P1 parameters at width 1; width w needs P1 * w^2 * 4 bytes * 4 copies
+    cfg = load_config("smoke", ["data.name=synthetic", "model.width=2"])
+    with torch.device("meta"):
+        from anodev2 import models
+        p1 = sum(p.numel() for p in models.build("resnet4", "anodev2", width=1.0).parameters())
+    cpu = torch.device("cpu")
+    check_model_memory(cfg, cpu, memory=p1 * 4 * 16)  # exactly fits
+    with pytest.raises(ConfigError, match=r"model.width=2 gives .* allowed: a network that fits, here model.width <= 1"):
+        check_model_memory(cfg, cpu, memory=p1 * 4 * 16 - 1)
+
+
+@pytest.mark.parametrize("key", ["rng", "config", "history", "epoch"])
+def test_a_hand_made_checkpoint_names_the_missing_key(one_epoch_run, tmp_path, capsys, key):
+    run = _copy(one_epoch_run, tmp_path)
+    ck = torch.load(run / "last.pt", weights_only=True)
+    del ck[key]
+    atomic_save(ck, run / "last.pt")  # with a matching sidecar: it verifies
+    assert main(["--resume", str(run), "train.epochs=2", "log.tensorboard=false"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert f"{run / 'last.pt'} lacks the key {key}; allowed: a checkpoint written by train_coupled.py" in err, err
+    assert [r["epoch"] for r in metrics(run)] == [1]
