@@ -1,4 +1,6 @@
-"""Tests for anodev2.evolution: conservative operators, the RDA family, its parameterisation."""
+"""Tests for the ODE-style weight evolutions: finite-volume operators (outflow upwind advection,
+Neumann diffusion), the RDA family and its stability bound on explicit step matrices, the
+per-entry reaction under BatchNorm, and bounds that hold however parameters are written (W5)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import anodev2
 from anodev2.evolution import (
-    EVOLUTION_KINDS,
+    ADVECTION_TERMS,
+    RDA_KINDS,
     RDAEvolution,
     StaticEvolution,
     WeightEvolution,
@@ -21,17 +25,17 @@ from anodev2.evolution import (
     stencil_matrices,
     upwind_advection,
 )
-from anodev2.models import build
+from anodev2.models import build, ode_blocks
 
 D64 = torch.float64
 T0 = torch.tensor(0.0)
 SHAPES = {"layer1.conv1.weight": torch.Size([4, 3, 3, 3]), "conv2.weight": torch.Size([2, 4, 5, 5])}
-TERM_COUNT = {"static": 0, "diffusion": 1, "advection": 2, "reaction": 1, "rda": 4}
 METHODS = ("euler", "midpoint", "heun", "rk4")
+SPEEDS = ADVECTION_TERMS  # right, left, down, up
 
 
 def random_coefficients(evo: RDAEvolution, seed: int = 0, fraction: float = 1.0) -> dict[str, torch.Tensor]:
-    """Per-channel random coefficients filling ``fraction`` of every bound (diffusion >= 0)."""
+    """Random coefficients filling ``fraction`` of every bound, in the shapes coefficients() reports."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, value in evo.coefficients().items():
@@ -50,31 +54,46 @@ def test_stencil_matrices_match_pad_reference_operators(size):
     s = stencil_matrices(h, w)
     assert s.shape == (5, h * w, h * w)
     x = torch.randn(3, 2, h, w, dtype=D64)
-    a_x, a_y = torch.tensor([0.2, -0.1, 0.0], dtype=D64), torch.tensor([-0.25, 0.05, 0.1], dtype=D64)
+    speeds = torch.rand(4, 3, dtype=D64)
     flat = x.reshape(3, 2, h * w)
     lap = (flat @ s[0].T).reshape(x.shape)
-    adv = torch.stack([flat[o] @ (a_x[o] * s[1] + a_x[o].abs() * s[2] + a_y[o] * s[3] + a_y[o].abs() * s[4]).T
-                       for o in range(3)]).reshape(x.shape)
+    adv = torch.stack([flat[o] @ sum(speeds[k, o] * s[1 + k] for k in range(4)).T for o in range(3)]).reshape(x.shape)
     torch.testing.assert_close(lap, neumann_laplacian(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(adv, upwind_advection(x, a_x, a_y), rtol=0, atol=1e-12)
-    # every stencil conserves the sum (zero column sums) and annihilates constants (zero row sums)
-    assert s.sum(dim=1).abs().max() < 1e-12 and s.sum(dim=2).abs().max() < 1e-12
+    torch.testing.assert_close(adv, upwind_advection(x, *speeds), rtol=0, atol=1e-12)
+    # diffusion conserves the sum and annihilates constants
+    assert s[0].sum(dim=0).abs().max() < 1e-12 and s[0].sum(dim=1).abs().max() < 1e-12
+    for k in range(1, 5):  # advection: off-diagonal >= 0, row sums 0 (interior) or -1 (upwind wall)
+        off = s[k] - torch.diag(torch.diag(s[k]))
+        assert off.min() >= 0
+        assert set(s[k].sum(dim=1).tolist()) <= {0.0, -1.0}
 
 
-def test_upwind_advection_moves_a_spike_downwind_and_wraps():
+def test_advection_has_outflow_walls_and_never_wraps():
     w = torch.zeros(1, 1, 3, 4, dtype=D64)
     w[..., 1, 3] = 1.0  # last column
-    q = upwind_advection(w, torch.tensor([0.5], dtype=D64), torch.tensor([0.0], dtype=D64))
+    half, zero = torch.tensor([0.5], dtype=D64), torch.tensor([0.0], dtype=D64)
+    q = upwind_advection(w, half, zero, zero, zero)  # moving right: the spike leaves the kernel
     expected = torch.zeros_like(w)
-    expected[..., 1, 3], expected[..., 1, 0] = -0.5, 0.5  # leaves the right edge, enters the left
+    expected[..., 1, 3] = -0.5
+    assert torch.equal(q, expected)  # nothing enters the opposite (left) edge
+    q = upwind_advection(w, zero, half, zero, zero)  # moving left: towards the interior
+    expected[..., 1, 2] = 0.5
     assert torch.equal(q, expected)
-    q = upwind_advection(w, torch.tensor([0.0], dtype=D64), torch.tensor([-0.5], dtype=D64))
+    q = upwind_advection(w, zero, zero, zero, half)  # moving up (smaller row)
     expected = torch.zeros_like(w)
-    expected[..., 1, 3], expected[..., 0, 3] = -0.5, 0.5  # negative a_y: towards smaller row
+    expected[..., 1, 3], expected[..., 0, 3] = -0.5, 0.5
     assert torch.equal(q, expected)
+    # issue 17's case: a Sobel-x kernel advected right for three Euler steps of 1/3 keeps its
+    # left column's magnitude from growing and gets nothing from its right column
+    evo = build_evolution("advection", {"w": (1, 1, 3, 3)}).double()
+    evo.set_coefficients({"w/advection_right": 0.25})
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=D64).view(1, 1, 3, 3)
+    (out,) = anodev2.odeint(evo, (sobel,), 0.0, 1.0, steps=3, method="euler", grad="backprop")
+    torch.testing.assert_close(out[..., 0], sobel[..., 0] * (1 - 0.25 / 3) ** 3, rtol=0, atol=1e-15)
+    assert (out[..., 2] > 0).all() and out.abs().max() <= sobel.abs().max()
 
 
-def test_neumann_laplacian_of_quadratic_is_two_in_interior():
+def test_neumann_laplacian_of_quadratic_is_constant_in_interior():
     y, x = torch.meshgrid(torch.arange(6, dtype=D64), torch.arange(7, dtype=D64), indexing="ij")
     lap = neumann_laplacian((x**2 + 3 * y**2).expand(1, 1, 6, 7))
     torch.testing.assert_close(lap[..., 1:-1, 1:-1], torch.full_like(lap[..., 1:-1, 1:-1], 8.0))
@@ -93,18 +112,17 @@ def test_operator_rejects_bad_input():
 
 
 def step_matrix(evo: RDAEvolution, shape, method: str, h: float) -> torch.Tensor:
-    """The explicit one-step matrix over one kH*kW slice per output channel: ``[O, HW, HW]``,
-    column c = one solver step applied to the unit vector e_c. One solve for all columns: the
-    same coefficients on a weight with one input channel per unit vector (slices evolve
-    independently, coefficients are per output channel)."""
+    """The explicit one-step matrix over one kH*kW slice per output channel: ``[O, HW, HW]``
+    (row p = output cell, column c = input cell). One solve for all columns: the same
+    coefficients on a weight with one input channel per unit vector (slices evolve
+    independently; no reaction, so the step is linear)."""
     o, _, kh, kw = shape
     cells = kh * kw
-    wide = build_evolution(evo.kind, {"w": (o, cells, kh, kw)}, d_max=evo.d_max, a_max=evo.a_max,
-                           r_max=evo.r_max).double()
+    wide = build_evolution(evo.kind, {"w": (o, cells, kh, kw)}, **evo.options).double()
     wide.set_coefficients(evo.coefficients())
     w0 = torch.eye(cells, dtype=D64).reshape(1, cells, kh, kw).expand(o, -1, -1, -1).contiguous()
     (w1,) = anodev2.odeint(lambda t, th: wide(t, th), (w0,), 0.0, h, steps=1, method=method, grad="backprop")
-    return w1.reshape(o, cells, cells).transpose(1, 2)  # [o, p, c]
+    return w1.reshape(o, cells, cells).transpose(1, 2)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)  # reproducible in CI
@@ -117,43 +135,58 @@ def step_matrix(evo: RDAEvolution, shape, method: str, h: float) -> torch.Tensor
     at_bound=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_step_matrix_is_doubly_stochastic_within_bounds(kh, kw, channels, method, h, at_bound, seed):
+def test_step_matrix_is_nonnegative_with_row_sums_at_most_one(kh, kw, channels, method, h, at_bound, seed):
+    """(*) h·(4D + Σ speeds) <= 1  =>  the step is entrywise >= 0 with row sums <= 1 (max-norm
+    non-increasing), for every method; interior rows sum to exactly 1 (constants kept)."""
     shape = (channels, 1, kh, kw)
     evo = build_evolution("rda", {"w": shape}).double()
     coeffs = random_coefficients(evo, seed)
-    coeffs["w/reaction"] = torch.zeros(channels, dtype=D64)  # the linear part only (reaction: below)
-    if at_bound:  # the extreme of (*): D = d_max, |a_x| = |a_y| = a_max with random signs
-        sign = torch.where(torch.rand(2, channels, generator=torch.Generator().manual_seed(seed)) < 0.5, -1.0, 1.0)
-        coeffs.update({"w/diffusion": torch.full((channels,), evo.d_max, dtype=D64),
-                       "w/advection_x": evo.a_max * sign[0].double(), "w/advection_y": evo.a_max * sign[1].double()})
+    coeffs["w/reaction"] = torch.zeros(channels, kh, kw, dtype=D64)  # linear part (reaction: below)
+    if at_bound:  # the extreme of (*): every coefficient at its upper bound
+        coeffs.update({"w/diffusion": evo.d_max, **{f"w/{t}": evo.a_max for t in SPEEDS}})
     evo.set_coefficients(coeffs)
     m = step_matrix(evo, shape, method, h)
-    assert m.min() >= -1e-12, "a negative entry: not a convex combination"
-    torch.testing.assert_close(m.sum(dim=-2), torch.ones(channels, kh * kw, dtype=D64), rtol=0, atol=1e-12)  # sum kept
-    torch.testing.assert_close(m.sum(dim=-1), torch.ones(channels, kh * kw, dtype=D64), rtol=0, atol=1e-12)  # convex
-    # hence the max-norm of a random slice does not grow
+    assert m.min() >= -1e-12, "a negative entry: not a sub-convex combination"
+    assert m.sum(dim=-1).max() <= 1 + 1e-12
     w0 = torch.randn(channels, kh * kw, dtype=D64)
     w1 = torch.einsum("opc,oc->op", m, w0)
     assert (w1.abs().amax(dim=-1) <= w0.abs().amax(dim=-1) + 1e-12).all()
+    if not at_bound and kh > 2 and kw > 2 and method == "euler":  # interior cell: row sums to 1
+        centre = (kh // 2) * kw + kw // 2
+        torch.testing.assert_close(m[:, centre].sum(dim=-1), torch.ones(channels, dtype=D64), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_step_matrix_beyond_the_bound_is_not_convex(method):
+def test_step_matrix_beyond_the_bound_is_not_nonnegative(method):
     """The property test can fail: twice the bound (h = 2) gives negative entries."""
     shape = (1, 1, 3, 3)
     evo = build_evolution("rda", {"w": shape}).double()
-    evo.set_coefficients({"w/diffusion": evo.d_max, "w/advection_x": evo.a_max, "w/advection_y": -evo.a_max})
+    evo.set_coefficients({"w/diffusion": evo.d_max, **{f"w/{t}": evo.a_max for t in SPEEDS}})
     assert step_matrix(evo, shape, method, 1.0).min() >= -1e-12
     assert step_matrix(evo, shape, method, 2.0).min() < -0.1
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_euler_step_with_reaction_grows_the_max_norm_by_at_most_one_plus_h_r_max(seed):
+    evo = build_evolution("rda", {"w": (3, 4, 3, 3)}).double()
+    evo.set_coefficients(random_coefficients(evo, seed))
+    evo.set_coefficients({"w/reaction": evo.r_max * torch.sign(torch.randn(3, 3, 3, dtype=D64))})
+    w = 3 * torch.randn(3, 4, 3, 3, dtype=D64)
+    h = 1.0
+    (q,) = evo(T0, (w,))
+    w1 = w + h * q
+    norm0, norm1 = w.flatten(1).abs().amax(1), w1.flatten(1).abs().amax(1)
+    assert (norm1 <= (1 + h * evo.r_max) * norm0 + 1e-12).all()
+
+
 @pytest.mark.parametrize("r", [-1.0, -0.3, 0.7, 1.0])
-def test_reaction_euler_step_keeps_sign_and_is_bounded(r):
+def test_reaction_is_per_kernel_entry_keeps_sign_and_is_bounded(r):
     evo = build_evolution("reaction", {"w": (2, 3, 3, 3)}).double()
-    evo.set_coefficients({"w/reaction": r})
+    rates = r * torch.linspace(0, 1, 9, dtype=D64).view(1, 3, 3).expand(2, 3, 3)
+    evo.set_coefficients({"w/reaction": rates})
     w = 3 * torch.randn(2, 3, 3, 3, dtype=D64)
     (q,) = evo(T0, (w,))
-    torch.testing.assert_close(q, r * torch.tanh(w), rtol=0, atol=0)
+    torch.testing.assert_close(q, rates.unsqueeze(1) * torch.tanh(w), rtol=0, atol=0)
     w1 = w + 1.0 * q  # h = 1, h|r| <= 1
     assert (w1 * w >= 0).all() and (w1.abs() <= 2 * w.abs() + 1e-12).all()
 
@@ -161,9 +194,9 @@ def test_reaction_euler_step_keeps_sign_and_is_bounded(r):
 # ---------------------------------------------------------------- evolutions: API
 
 
-def test_kinds_and_types():
-    assert EVOLUTION_KINDS == ("static", "diffusion", "advection", "reaction", "rda")
-    for kind in EVOLUTION_KINDS:
+def test_rda_kinds_and_types():
+    assert RDA_KINDS == ("diffusion", "advection", "reaction", "rda")
+    for kind in ("static",) + RDA_KINDS:
         evo = build_evolution(kind, SHAPES)
         assert isinstance(evo, WeightEvolution) and evo.kind == kind
         assert evo.targets == ("layer1.conv1.weight", "conv2.weight")
@@ -182,19 +215,21 @@ def test_static_returns_zeros_and_has_no_coefficients():
         evo.set_coefficients({"w/diffusion": 0.0})
 
 
-@pytest.mark.parametrize("kind", ["diffusion", "advection", "reaction", "rda"])
-def test_one_coefficient_tensor_per_kernel_size(kind):
+@pytest.mark.parametrize("kind", RDA_KINDS)
+def test_one_coefficient_tensor_per_term_and_kernel_size(kind):
     shapes = {**SHAPES, "b.weight": torch.Size([3, 2, 3, 3]), "pw.weight": torch.Size([5, 2, 1, 1])}
     evo = build_evolution(kind, shapes)
-    params = dict(evo.named_parameters())
-    n = TERM_COUNT[kind]
-    assert {k: tuple(p.shape) for k, p in params.items()} == {"raw.k3x3": (n, 7), "raw.k5x5": (n, 2),
-                                                              "raw.k1x1": (n, 5)}
+    params = {k: tuple(p.shape) for k, p in evo.named_parameters()}
+    cells = {"k3x3": 9, "k5x5": 25, "k1x1": 1}
+    channels = {"k3x3": 7, "k5x5": 2, "k1x1": 5}
+    expected = {f"coef.{t}_{g}": (channels[g], cells[g] if t == "reaction" else 1) for t in evo.terms for g in cells}
+    assert params == expected
     coeffs = evo.coefficients()
-    assert len(coeffs) == n * len(shapes)
+    assert len(coeffs) == len(evo.terms) * len(shapes)
     for key, value in coeffs.items():
         target, term = key.rsplit("/", 1)
-        assert term in evo.bounds() and value.shape == (shapes[target][0],) and not value.requires_grad
+        o, _, kh, kw = shapes[target]
+        assert value.shape == ((o, kh, kw) if term == "reaction" else (o,)) and not value.requires_grad
     evo2 = build_evolution(kind, shapes)
     evo.set_coefficients(random_coefficients(evo, 1, 0.5))
     evo2.load_state_dict(evo.state_dict())
@@ -203,15 +238,15 @@ def test_one_coefficient_tensor_per_kernel_size(kind):
 
 
 def test_bounds_per_kind_and_options():
-    assert build_evolution("rda", SHAPES).bounds() == {
-        "diffusion": (0.0, 0.125), "advection_x": (-0.25, 0.25), "advection_y": (-0.25, 0.25),
-        "reaction": (-1.0, 1.0)}
-    assert build_evolution("diffusion", SHAPES, d_max=0.25).bounds() == {"diffusion": (0.0, 0.25)}
-    assert build_evolution("advection", SHAPES, a_max=0.5).bounds() == {"advection_x": (-0.5, 0.5),
-                                                                         "advection_y": (-0.5, 0.5)}
+    speeds = {t: (0.0, 0.125) for t in SPEEDS}
+    assert build_evolution("rda", SHAPES).bounds() == {"diffusion": (0.0, 0.125), **speeds, "reaction": (-1.0, 1.0)}
+    assert build_evolution("diffusion", SHAPES).bounds() == {"diffusion": (0.0, 0.25)}
+    assert build_evolution("advection", SHAPES).bounds() == {t: (0.0, 0.25) for t in SPEEDS}
+    assert build_evolution("advection", SHAPES, a_max=0.1).bounds() == {t: (0.0, 0.1) for t in SPEEDS}
+    assert build_evolution("reaction", SHAPES, r_max=0.5).bounds() == {"reaction": (-0.5, 0.5)}
 
 
-@pytest.mark.parametrize("kind", ["diffusion", "advection", "reaction", "rda"])
+@pytest.mark.parametrize("kind", RDA_KINDS)
 def test_zero_initialisation_gives_q_exactly_zero_and_draws_no_random_numbers(kind):
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -222,7 +257,7 @@ def test_zero_initialisation_gives_q_exactly_zero_and_draws_no_random_numbers(ki
         assert q.shape == w and torch.equal(q, torch.zeros(w))
 
 
-def test_random_initialisation_is_small_per_channel_deterministic_and_in_bounds():
+def test_random_initialisation_is_small_deterministic_and_in_bounds():
     torch.manual_seed(0)
     evo = build_evolution("rda", SHAPES, init_scale=0.01)
     torch.manual_seed(0)
@@ -232,27 +267,29 @@ def test_random_initialisation_is_small_per_channel_deterministic_and_in_bounds(
         low, high = bounds[key.rsplit("/", 1)[1]]
         assert torch.equal(value, again.coefficients()[key])
         assert (value >= low).all() and (value <= high).all() and value.abs().max() < 0.05
-        assert value.unique().numel() == value.numel()  # per-channel different
+        assert value.unique().numel() == value.numel()  # per-channel (and per-entry) different
 
 
 def test_set_coefficients_is_exact_and_validates():
     evo = build_evolution("rda", SHAPES)
     values = random_coefficients(evo, 3)
     values["conv2.weight/diffusion"] = torch.tensor([0.0, 0.125], dtype=D64)  # both ends of the bound
-    values["conv2.weight/advection_y"] = torch.tensor([-0.25, 0.25], dtype=D64)
+    values["conv2.weight/advection_up"] = torch.tensor([0.0, 0.125], dtype=D64)
     evo.set_coefficients(values)
     for key, value in evo.coefficients().items():
         assert torch.equal(value, values[key].float()), key
-    evo.set_coefficients({"conv2.weight/reaction": -0.5})
-    assert torch.equal(evo.coefficient("reaction", "conv2.weight"), torch.tensor([-0.5, -0.5]))
+    evo.set_coefficients({"conv2.weight/reaction": -0.5})  # a number broadcasts to [O, kH, kW]
+    assert torch.equal(evo.coefficient("reaction", "conv2.weight"), torch.full((2, 5, 5), -0.5))
     cases = [
         ({"conv2.weight/diffusion": -0.01}, r"'conv2.weight/diffusion': value -0.01 is outside the bound "
                                             r"\[0.0, 0.125\] of term 'diffusion'"),
-        ({"conv2.weight/advection_x": torch.tensor([0.1, 0.3])}, r"value 0.3 is outside the bound \[-0.25, 0.25\]"),
+        ({"conv2.weight/advection_right": torch.tensor([0.1, 0.3])}, r"value 0.3 is outside the bound \[0.0, 0.125\]"),
+        ({"conv2.weight/advection_left": -0.1}, r"value -0.1 is outside the bound \[0.0, 0.125\]"),
         ({"conv2.weight/reaction": 1.5}, r"value 1.5 is outside the bound \[-1.0, 1.0\] of term 'reaction'"),
         ({"conv9.weight/reaction": 0.0}, r"unknown coefficient 'conv9.weight/reaction'; keys are"),
-        ({"conv2.weight/growth": 0.0}, r"unknown coefficient 'conv2.weight/growth'"),
-        ({"conv2.weight/reaction": torch.zeros(3)}, r"needs a number or a tensor of shape \[2\], got shape \(3,\)"),
+        ({"conv2.weight/advection_x": 0.0}, r"unknown coefficient 'conv2.weight/advection_x'"),
+        ({"conv2.weight/diffusion": torch.zeros(3)}, r"needs a number or a tensor of shape \[2\]"),
+        ({"conv2.weight/reaction": torch.zeros(2, 3, 3)}, r"shape \[2, 5, 5\]"),
         ({"conv2.weight/reaction": math.nan}, "must be finite"),
     ]
     for mapping, message in cases:
@@ -264,41 +301,76 @@ def test_set_coefficients_is_exact_and_validates():
         build_evolution("diffusion", SHAPES).coefficient("reaction", "conv2.weight")
 
 
-def test_optimizer_steps_are_projected_into_the_bounds_and_can_come_back():
-    evo = build_evolution("rda", {"w": (2, 1, 3, 3)}).double()
+def test_optimizer_steps_are_projected_and_the_gradient_flows_at_the_bounds():
+    evo = build_evolution("diffusion", {"w": (2, 1, 3, 3)}).double()
     w = torch.randn(2, 1, 3, 3, dtype=D64)
+    # at the initial value 0 (the lower bound) the gradient is not cut off
+    (q,) = evo(T0, (w,))
+    (grad,) = torch.autograd.grad(q.square().sum() - (q * w).sum(), list(evo.parameters()))
+    assert grad.abs().min() > 0
     opt = torch.optim.SGD(evo.parameters(), lr=1.0)
     (p,) = evo.parameters()
-    p.grad = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0], [5.0, -5.0]], dtype=D64)
-    opt.step()  # D -> -1 (below 0), a_x -> +1 (above a_max), r -> -5, +5
+    p.grad = torch.tensor([[1.0], [-1.0]], dtype=D64)
+    opt.step()  # D -> -1 (below 0), +1 (above d_max)
     evo(T0, (w,))  # the next forward projects
-    c = evo.coefficients()
-    assert torch.equal(c["w/diffusion"], torch.tensor([0.0, 1.0 / 8], dtype=D64))
-    assert torch.equal(c["w/advection_x"], torch.tensor([0.25, -0.25], dtype=D64))
-    assert torch.equal(c["w/reaction"], torch.tensor([-1.0, 1.0], dtype=D64))
-    assert torch.equal(p.detach(), torch.stack([c[f"w/{t}"] for t in evo.terms]))  # stored value projected
-    # at the bound the gradient still flows: one step inwards moves the coefficient by lr * grad
-    p.grad = torch.full_like(p, 0.0)
-    p.grad[0, 1] = 0.05
+    assert torch.equal(evo.coefficients()["w/diffusion"], torch.tensor([0.0, 0.25], dtype=D64))
+    assert torch.equal(p.detach().flatten(), torch.tensor([0.0, 0.25], dtype=D64))  # stored value projected
+    p.grad = torch.tensor([[0.0], [0.05]], dtype=D64)  # one step inwards moves it by lr * grad
     opt.step()
     evo(T0, (w,))
-    assert evo.coefficients()["w/diffusion"][1].item() == pytest.approx(0.125 - 0.05, abs=1e-15)
+    assert evo.coefficients()["w/diffusion"][1].item() == pytest.approx(0.25 - 0.05, abs=1e-15)
+
+
+WRITE_PATHS = ("load_state_dict_assign", "data_fill", "vector_to_parameters")
+
+
+def _write(evo: RDAEvolution, how: str, value: float) -> None:
+    if how == "load_state_dict_assign":
+        evo.load_state_dict({k: torch.full_like(v, value) for k, v in evo.state_dict().items()}, assign=True)
+    elif how == "data_fill":
+        for p in evo.parameters():
+            p.data.fill_(value)
+    else:
+        vector_to_parameters(torch.full_like(parameters_to_vector(evo.parameters()), value), evo.parameters())
+
+
+@pytest.mark.parametrize("how", WRITE_PATHS)
+def test_bounds_hold_however_parameters_are_written(how):
+    """Issue 18 W5: out-of-bound values written by any path are clamped in the forward,
+    coefficients() reports exactly what the forward uses, and every path gives the same output."""
+    shapes = {"a.weight": (3, 2, 3, 3), "b.weight": (2, 3, 3, 3)}
+    thetas = tuple(torch.randn(s, dtype=D64) for s in shapes.values())
+    reference = build_evolution("rda", shapes).double()
+    reference.set_coefficients({f"{n}/{t}": reference.bounds()[t][1] for n in shapes for t in reference.terms})
+    expected = reference(T0, thetas)
+    evo = build_evolution("rda", shapes).double()
+    evo(T0, thetas)  # the projection bookkeeping has seen the old tensors
+    _write(evo, how, 5.0)
+    reported = evo.coefficients()
+    for key, value in reported.items():
+        assert torch.equal(value, torch.full_like(value, evo.bounds()[key.rsplit("/", 1)[1]][1])), key
+    for q, e in zip(evo(T0, thetas), expected):
+        assert torch.equal(q, e)
+    assert all(torch.equal(v, evo.coefficients()[k]) for k, v in reported.items())
+    _write(evo, how, -5.0)
+    low = {t: b[0] for t, b in evo.bounds().items()}
+    assert all(torch.equal(v, torch.full_like(v, low[k.rsplit("/", 1)[1]])) for k, v in evo.coefficients().items())
 
 
 def test_gradcheck_rda_wrt_weights_and_coefficients():
     torch.manual_seed(2)
-    shapes = {"a.conv.weight": torch.Size([2, 2, 3, 3]), "b.weight": torch.Size([3, 1, 3, 3]),
-              "c.weight": torch.Size([2, 1, 2, 3]), "pw.weight": torch.Size([1, 2, 1, 1])}
+    shapes = {"a.conv.weight": torch.Size([2, 1, 3, 3]), "b.weight": torch.Size([1, 2, 3, 3]),
+              "c.weight": torch.Size([1, 1, 2, 3]), "pw.weight": torch.Size([1, 2, 1, 1])}
     evo = build_evolution("rda", shapes).double()
     names = [n for n, _ in evo.named_parameters()]
-    raws = tuple((0.05 + 0.05 * torch.rand_like(p)).requires_grad_() for p in evo.parameters())  # inside bounds
+    coefs = tuple((0.02 + 0.05 * torch.rand_like(p)).requires_grad_() for p in evo.parameters())  # inside bounds
     thetas = tuple(torch.randn(s, dtype=D64, requires_grad=True) for s in shapes.values())
     k = len(thetas)
 
     def fn(*args):
         return functional_call(evo, dict(zip(names, args[k:])), (T0, tuple(args[:k])))
 
-    assert torch.autograd.gradcheck(fn, thetas + raws)
+    assert torch.autograd.gradcheck(fn, thetas + coefs, fast_mode=True)
 
 
 def test_rda_is_the_sum_of_its_terms_on_mixed_shapes():
@@ -308,10 +380,9 @@ def test_rda_is_the_sum_of_its_terms_on_mixed_shapes():
     evo.set_coefficients(coeffs)
     thetas = tuple(torch.randn(s, dtype=D64) for s in shapes.values())
     for name, w, q in zip(shapes, thetas, evo(T0, thetas)):
-        c = {t: coeffs[f"{name}/{t}"].view(-1, 1, 1, 1) for t in evo.terms}
-        ref = (c["diffusion"] * neumann_laplacian(w)
-               + upwind_advection(w, coeffs[f"{name}/advection_x"], coeffs[f"{name}/advection_y"])
-               + c["reaction"] * torch.tanh(w))
+        ref = (coeffs[f"{name}/diffusion"].view(-1, 1, 1, 1) * neumann_laplacian(w)
+               + upwind_advection(w, *(coeffs[f"{name}/{t}"] for t in SPEEDS))
+               + coeffs[f"{name}/reaction"].unsqueeze(1) * torch.tanh(w))
         torch.testing.assert_close(q, ref, rtol=0, atol=1e-12)
 
 
@@ -342,14 +413,12 @@ def _compute_ops(evo: WeightEvolution, thetas) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         evo(T0, thetas)
     names = [e.name for e in prof.events() if e.name.startswith("aten::")]
-    top = [n for n in names if n.split("::")[1] not in views]
-    return len(top)
+    return len([n for n in names if n.split("::")[1] not in views])
 
 
 def test_op_count_is_independent_of_the_number_of_targets():
     # Targets are batched per (kernel size, in_channels): the op count depends on how many such
-    # batches there are (here 2: in_channels 4 and 5, out_channels varying), not on the targets
-    # (from 2 targets per batch on: a single-target batch skips the concatenation).
+    # batches there are (here 2), not on the number of targets (from 2 targets per batch on).
     counts = []
     for n in (4, 16):
         shapes = {f"c{i}.weight": (3 + i, 4 + i % 2, 3, 3) for i in range(n)}
@@ -362,11 +431,11 @@ def test_op_count_is_independent_of_the_number_of_targets():
 # ---------------------------------------------------------------- in a real network
 
 
-def _pair(seed: int = 0):
+def _pair(seed: int = 0, **options):
     torch.manual_seed(seed)
     anode = build("resnet4", "anode", width=0.25).double()
     torch.manual_seed(seed)
-    v2 = build("resnet4", "anodev2", width=0.25).double()
+    v2 = build("resnet4", "anodev2", width=0.25, **options).double()
     v2.load_state_dict(anode.state_dict(), strict=False)
     return anode, v2
 
@@ -389,36 +458,34 @@ def test_anodev2_with_zero_coefficients_is_anode_bitwise():
     assert torch.equal(loss_a, loss_b)
     for name, ga, gb in zip(names, grads_a, grads_b):
         assert torch.equal(ga, gb), name
-    # and the evolution is not inert: non-zero coefficients change the output
-    evolutions[0].set_coefficients(random_coefficients(evolutions[0], 0))
+    evolutions[0].set_coefficients(random_coefficients(evolutions[0], 0))  # and it is not inert
     loss_c, _ = _loss_and_grads(v2, x, y, [v2_params[names[0]]])
     assert not torch.equal(loss_a, loss_c)
 
 
-def test_coefficient_gradient_at_initialisation_is_nonzero_and_per_channel_different():
-    _, v2 = _pair()
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_every_coefficient_has_a_gradient_at_init_and_reaction_is_not_cancelled_by_normalisation(norm):
+    """Issue 17 item 1(a): at initialisation under BatchNorm the mean |gradient| of the reaction
+    coefficients is within 10x of diffusion's (measured: 6.5x BatchNorm, 7.3x GroupNorm, seed 0;
+    the per-output-channel reaction of before gave 5.5e-7 vs 1.6e-3, ~3000x). Every coefficient
+    (the one-sided speeds included: no kink at 0) gets a non-zero gradient, per channel different."""
+    _, v2 = _pair(norm=norm)
     x, y = torch.randn(8, 3, 32, 32, dtype=D64), torch.arange(8)
-    evo = next(m for m in v2.modules() if isinstance(m, RDAEvolution))
-    (grad,) = _loss_and_grads(v2, x, y, list(evo.parameters()))[1]
-    for row, term in enumerate(evo.terms):
-        g = grad[row]
-        assert g.abs().min() > 0, term
-        assert g.unique().numel() == g.numel(), term  # per-channel different
+    (_, block), = ode_blocks(v2)
+    evo = block.evolution
+    names = [n for n, _ in evo.named_parameters()]
+    grads = dict(zip(names, _loss_and_grads(v2, x, y, list(evo.parameters()))[1]))
+    for name, g in grads.items():
+        assert g.abs().min() > 0, name
+        assert g.unique().numel() == g.numel(), name
+    diffusion, reaction = grads["coef.diffusion_k3x3"].abs().mean(), grads["coef.reaction_k3x3"].abs().mean()
+    assert diffusion / 10 < reaction < diffusion * 10
 
 
 # ---------------------------------------------------------------- bad inputs
 
 
-def test_unknown_kind_lists_allowed():
-    with pytest.raises(ValueError, match="unknown evolution kind 'heat'.*static.*rda"):
-        build_evolution("heat", SHAPES)
-    with pytest.raises(TypeError, match="kind must be a str"):
-        build_evolution(None, SHAPES)
-    with pytest.raises(ValueError, match="allowed"):
-        RDAEvolution("static", SHAPES)
-
-
-@pytest.mark.parametrize("kind", EVOLUTION_KINDS)
+@pytest.mark.parametrize("kind", ("static",) + RDA_KINDS + ("generator",))
 def test_non_4d_target_names_target_and_shape(kind):
     with pytest.raises(ValueError, match=r"'fc\.weight' has shape \(10, 64\)"):
         build_evolution(kind, {"conv.weight": (2, 2, 3, 3), "fc.weight": (10, 64)})
@@ -427,22 +494,25 @@ def test_non_4d_target_names_target_and_shape(kind):
 
 
 def test_bad_options_and_shapes():
-    with pytest.raises(TypeError, match=r"unknown weight-evolution option\(s\) \['dmax'\]"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['dmax'\] for evolution kind 'rda'; allowed: "
+                                        r"a_max, d_max, init_scale, r_max"):
         build_evolution("rda", SHAPES, dmax=0.1)
-    with pytest.raises(TypeError, match=r"unknown weight-evolution option"):
-        build_evolution("static", SHAPES, dmax=0.1)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['d_max'\] for evolution kind 'static'; allowed: none"):
+        build_evolution("static", SHAPES, d_max=0.1)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['r_max'\] for evolution kind 'diffusion'"):
+        build_evolution("diffusion", SHAPES, r_max=0.5)
     with pytest.raises(ValueError, match="d_max must be > 0"):
         build_evolution("diffusion", SHAPES, d_max=0.0)
-    with pytest.raises(ValueError, match="a_max must be > 0"):
+    with pytest.raises(ValueError, match=r"option 'a_max' of evolution kind 'advection' must be in \[0.0, 1.0\]"):
         build_evolution("advection", SHAPES, a_max=-1.0)
-    with pytest.raises(ValueError, match=r"4·d_max \+ 2·a_max = 1.5 > 1 for terms \('diffusion', 'advection_x'"):
+    with pytest.raises(ValueError, match=r"4·d_max \+ 4·a_max = 1.5 > 1 for kind 'rda'"):
         build_evolution("rda", SHAPES, d_max=0.25)
-    with pytest.raises(ValueError, match=r"4·d_max \+ 2·a_max = 1.2 > 1 for terms \('diffusion',\)"):
+    with pytest.raises(ValueError, match=r"4·d_max \+ 4·a_max = 1.2 > 1 for kind 'diffusion'"):
         build_evolution("diffusion", SHAPES, d_max=0.3)
-    build_evolution("diffusion", SHAPES, d_max=0.25)  # advection not learned: the whole budget for D
-    with pytest.raises(ValueError, match="r_max must be <= 1 so that h·|r| <= 1"):
+    build_evolution("rda", SHAPES, d_max=0.1875, a_max=0.0625)  # the budget may be shared differently
+    with pytest.raises(ValueError, match=r"must be in \[0.0, 1.0\], got 2.0"):
         build_evolution("reaction", SHAPES, r_max=2.0)
-    with pytest.raises(ValueError, match="init_scale must be >= 0"):
+    with pytest.raises(ValueError, match=r"init_scale' of evolution kind 'rda' must be in \[0.0, None\]"):
         build_evolution("rda", SHAPES, init_scale=-1e-3)
     with pytest.raises(TypeError, match="finite real number"):
         build_evolution("rda", SHAPES, d_max="big")
