@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from ..solvers import ButcherTableau, State, StepCallback, Time, VectorField, rk_step
+from ..solvers import ButcherTableau, State, StepCallback, Time, VectorField, rk_step, stage_times
 from ..stats import SolveStats
 
 #: ``(t0, t1)`` as tensors when the gradient with respect to the interval is wanted, else ``()``.
@@ -55,10 +55,18 @@ class SolveSpec:
         t0, t1 = (t.reshape(()).to(torch.float64) for t in times)
         return t0, (t1 - t0) / self.steps
 
+    def stage_times(self, like: Tensor):
+        """The solve's stage times as tensors (:func:`anodev2.solvers.stage_times`), made once per
+        solve and shared by the forward pass, recomputed and reversed steps."""
+        table = self.__dict__.get("_stage_times")
+        if table is None:
+            table = self._stage_times = stage_times(self.t0, self.h, self.steps, self.tableau, like)
+        return table
+
     def step(self, n: int, y: State, times: Times = ()) -> State:
         """Step ``n`` (from ``t_n`` to ``t_{n+1}``) of the solve."""
         t0, h = self.grid(times)
-        return rk_step(self.func, t0 + n * h, y, h, self.tableau)
+        return rk_step(self.func, t0 + n * h, y, h, self.tableau, None if times else self.stage_times(y[0])[n])
 
 
 class GradMode(abc.ABC):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -62,25 +63,40 @@ class Checkpoint(GradMode):
         return _CheckpointAdjoint.apply(spec, self, *y0, *times, *params)
 
 
+@lru_cache(maxsize=256)
+def _schedule(n: int, c: int) -> tuple:
+    """The revolve schedule of ``n`` steps with ``c`` slots (computed once per (n, c))."""
+    return tuple(revolve_schedule(n, c))
+
+
+@lru_cache(maxsize=256)
+def _kept_states(n: int, c: int) -> frozenset:
+    return frozenset(first_sweep(n, c))
+
+
 class _CheckpointAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: SolveSpec, mode: Checkpoint, *inputs: Tensor) -> State:
         y0, times, _ = spec.split(inputs)
         rng = RngLog.for_tensors(y0) if mode.preserve_rng else None
-        keep = set(first_sweep(spec.steps, slots_for(spec.steps, mode.checkpoints))) if mode.keep_forward else set()
+        keep = _kept_states(spec.steps, slots_for(spec.steps, mode.checkpoints)) if mode.keep_forward else ()
         kept: dict[int, State] = {}
+        user_callback = spec.callback
 
         def callback(n, y):
             if n in keep:
                 kept[n] = y
-            if spec.callback is not None:
-                spec.callback(n, y)
+            if user_callback is not None:
+                user_callback(n, y)
 
         with torch.no_grad():
             y1 = integrate(spec.func, y0, *spec.grid(times), spec.steps, spec.tableau,
-                           callback=callback, before_step=rng.record if rng else None)
+                           callback=callback if keep or user_callback is not None else None,
+                           before_step=rng.record if rng else None,
+                           times=None if times else spec.stage_times(y0[0]))
         spec.stats.forward_evals += spec.steps * spec.tableau.stages
-        ctx.spec, ctx.mode, ctx.rng = spec, mode, rng
+        # no random numbers drawn in the forward pass: nothing to replay in backward
+        ctx.spec, ctx.mode, ctx.rng = spec, mode, rng if rng is not None and rng.drew() else None
         ctx.autocast = autocast_replay(y0[0].device.type)
         ctx.kept_index = sorted(kept)
         ctx.save_for_backward(*inputs, *(t for n in ctx.kept_index for t in kept[n]))
@@ -99,7 +115,7 @@ class _CheckpointAdjoint(torch.autograd.Function):
             if torch.is_grad_enabled():  # create_graph=True: differentiate the gradient itself
                 grads = _unrolled_vjp(spec, rng, inputs, grad_y1)
             else:
-                grads = _reverse_sweep(spec, ctx.mode, rng, inputs, grad_y1, kept)
+                grads = _reverse_sweep(spec, ctx.mode, rng, inputs, grad_y1, kept, ctx.needs_input_grad[2:])
         return (None, None, *grads)
 
 
@@ -109,31 +125,41 @@ def _step(spec: SolveSpec, rng: Optional[RngLog], n: int, y: State, times: Times
     return spec.step(n, y, times)
 
 
-def _accumulate(buffers: list[Optional[Tensor]], grads) -> None:
-    """Add ``grads`` into ``buffers`` (our own tensors: a gradient autograd returns may alias
-    the incoming adjoint, e.g. when a step's weight ``h b_i`` is 1, so it is never written)."""
+def _accumulate(acc: list[Optional[Tensor]], grads) -> None:
+    """``acc[i] += grads[i]`` out of place: the sum is a new tensor, so a gradient autograd
+    returns that aliases the incoming adjoint (e.g. when a step's weight ``h b_i`` is 1) is
+    never written; one ``_foreach_add`` for all the running sums after the first step."""
+    pairs = [i for i, g in enumerate(grads) if g is not None and acc[i] is not None]
+    if pairs:
+        sums = torch._foreach_add([acc[i] for i in pairs], [grads[i] for i in pairs])
+        for i, v in zip(pairs, sums):
+            acc[i] = v
     for i, g in enumerate(grads):
-        if g is not None:
-            if buffers[i] is None:
-                buffers[i] = g.clone(memory_format=torch.contiguous_format)
-            else:
-                buffers[i].add_(g)
+        if g is not None and acc[i] is None:
+            acc[i] = g
 
 
-def _reverse_sweep(spec: SolveSpec, mode: Checkpoint, rng, inputs, grad_y1, kept):
+def _reverse_sweep(spec: SolveSpec, mode: Checkpoint, rng, inputs, grad_y1, kept, needs):
     """The discrete adjoint, one vector–Jacobian product per step, states from the schedule
-    (those in ``kept``, from the forward pass, are not recomputed)."""
+    (those in ``kept``, from the forward pass, are not recomputed). ``needs`` tells which inputs
+    want a gradient: the adjoint of an input state that wants none is not formed in step 0."""
     y0, times, params = spec.split(inputs)
     stats, stages = spec.stats, spec.tableau.stages
     c = slots_for(spec.steps, mode.checkpoints)
     want = [t for t in (*times, *params) if t.requires_grad]  # times and params reached by the VJPs
+    want_y0 = tuple(bool(r) for r in needs[:spec.n_state])
     t_det = tuple(t.detach() for t in times)
     acc: list[Optional[Tensor]] = [None] * len(want)
     lam = tuple(grad_y1)
     held = {0: tuple(y.detach() for y in y0)}
     stored: set[int] = set()  # indices occupying a checkpoint slot
-    for action in revolve_schedule(spec.steps, c):
-        if isinstance(action, Advance):
+    for action in _schedule(spec.steps, c):
+        if isinstance(action, Reverse):
+            lam = _reverse_step(spec, rng, action.step, held[action.step], times, want, lam, acc,
+                                want_y0 if action.step == 0 else None)
+            stats.backward_steps += 1
+            stats.backward_evals += stages
+        elif isinstance(action, Advance):
             if action.stop in kept:  # computed by the forward pass: nothing to recompute
                 held[action.stop] = kept.pop(action.stop)
             else:
@@ -150,33 +176,39 @@ def _reverse_sweep(spec: SolveSpec, mode: Checkpoint, rng, inputs, grad_y1, kept
             if action.store:
                 stored.add(action.stop)
                 stats.checkpoints_held = max(stats.checkpoints_held, len(stored))
-        elif isinstance(action, Reverse):
-            lam = _reverse_step(spec, rng, action.step, held[action.step], times, want, lam, acc)
-            stats.backward_steps += 1
-            stats.backward_evals += stages
         else:
             assert isinstance(action, Free)
             del held[action.index]
             stored.discard(action.index)
     it = iter(acc)
     grads_tp = [next(it) if t.requires_grad else None for t in (*times, *params)]
-    grads_y = [l if y.requires_grad else None for l, y in zip(lam, y0)]
+    grads_y = [l if w else None for l, w in zip(lam, want_y0)]
     return (*grads_y, *grads_tp)
 
 
-def _reverse_step(spec, rng, n, y, times, want, lam, acc) -> State:
+def _reverse_step(spec, rng, n, y, times, want, lam, acc, want_y=None) -> State:
     """λ_n = (∂Φ_n/∂y_n)^T λ_{n+1}; adds (∂Φ_n/∂w)^T λ_{n+1} into ``acc`` for ``w`` in ``want``.
-    Only the returned adjoint outlives the call (the step's graph and output are freed here)."""
+    Only the returned adjoint outlives the call (the step's graph and output are freed here).
+    ``want_y`` (step 0): which entries of λ_0 are wanted; the others are not formed (None)."""
     n_want_t = sum(1 for t in times if t.requires_grad)
     with torch.enable_grad():
-        yn = tuple(v.detach().requires_grad_(True) for v in y)
+        if want_y is None:
+            yn = tuple(v.detach().requires_grad_(True) for v in y)
+            wrt_y = yn
+        else:
+            yn = tuple(v.detach().requires_grad_(w) for v, w in zip(y, want_y))
+            wrt_y = tuple(v for v, w in zip(yn, want_y) if w)
         leaves = tuple(t.detach().requires_grad_(True) for t in times)
-        wrt = (*yn, *(t for t, src in zip(leaves, times) if src.requires_grad), *want[n_want_t:])
+        wrt = (*wrt_y, *(t for t, src in zip(leaves, times) if src.requires_grad), *want[n_want_t:])
         out = _step(spec, rng, n, yn, leaves)
         g = torch.autograd.grad(out, wrt, grad_outputs=lam, allow_unused=True)
     del out
-    _accumulate(acc, g[len(yn):])
-    return tuple(torch.zeros_like(v) if gi is None else gi for gi, v in zip(g, yn))
+    _accumulate(acc, g[len(wrt_y):])
+    if want_y is None:
+        return tuple(torch.zeros_like(v) if gi is None else gi for gi, v in zip(g, yn))
+    it = iter(g[:len(wrt_y)])
+    return tuple((lambda gi: torch.zeros_like(v) if gi is None else gi)(next(it)) if w else None
+                 for v, w in zip(yn, want_y))
 
 
 def _unrolled_vjp(spec: SolveSpec, rng, inputs, grad_y1):

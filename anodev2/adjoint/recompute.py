@@ -57,6 +57,16 @@ class RngLog:
         cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
         self.states[n] = (torch.get_rng_state(), cuda)
 
+    def drew(self) -> bool:
+        """True if random numbers were drawn since the first record (call after the solve):
+        the generators' states differ from those before step 0. A solve whose ``func`` draws
+        nothing needs no replay, so its backward neither restores nor forks the RNG."""
+        if 0 not in self.states:
+            return False
+        cpu, cuda = self.states[0]
+        return not torch.equal(cpu, torch.get_rng_state()) or any(
+            not torch.equal(s, torch.cuda.get_rng_state(d)) for d, s in zip(self.devices, cuda))
+
     def restore(self, n: int) -> None:
         cpu, cuda = self.states[n]
         torch.set_rng_state(cpu)
@@ -72,12 +82,16 @@ class RngLog:
 
 def autocast_replay(device_type: str):
     """Capture the autocast state of the forward pass; the returned callable gives a context
-    that re-enters it during backward recomputation (so AMP forward and recompute agree)."""
+    that re-enters it during backward recomputation (so AMP forward and recompute agree).
+    When autocast is off in the forward pass and off where backward runs, there is nothing to
+    re-enter and the context is a no-op."""
     enabled = torch.is_autocast_enabled(device_type)
     dtype = torch.get_autocast_dtype(device_type)
     cache = torch.is_autocast_cache_enabled()
 
     def context():
+        if not enabled and not torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
         return torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled, cache_enabled=cache)
 
     return context

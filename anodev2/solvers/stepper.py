@@ -60,13 +60,36 @@ def _stage_time(t: Time, c: float, h: Time, like: Tensor) -> Tensor:
     return torch.full((), t + c * h, dtype=like.dtype, device=like.device)
 
 
-def _last_reads(tableau: ButcherTableau) -> list[int]:
-    """For each stage j, the last stage whose input reads ``k_j`` (``j`` itself if none does)."""
-    return [max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0], default=j)
-            for j in range(tableau.stages)]
+_LAST_READS: dict[int, tuple[ButcherTableau, tuple[int, ...]]] = {}
 
 
-def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTableau) -> State:
+def _last_reads(tableau: ButcherTableau) -> tuple[int, ...]:
+    """For each stage j, the last stage whose input reads ``k_j`` (``j`` itself if none does);
+    computed once per tableau object (looked up by identity: hashing the tableau costs more)."""
+    hit = _LAST_READS.get(id(tableau))
+    if hit is not None and hit[0] is tableau:
+        return hit[1]
+    last = tuple(max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0], default=j)
+                 for j in range(tableau.stages))
+    if len(_LAST_READS) > 256:
+        _LAST_READS.clear()
+    _LAST_READS[id(tableau)] = (tableau, last)
+    return last
+
+
+def stage_times(t0: float, h: float, steps: int, tableau: ButcherTableau, like: Tensor) -> tuple[tuple[Tensor, ...], ...]:
+    """The stage times ``t_n + c_i h`` of a whole solve as 0-dim tensors of ``like``'s dtype and
+    device, ``[n][i]``, made with one tensor creation (views of one buffer; read-only for ``func``).
+    Each value is the float ``(t0 + n h) + c_i h`` that :func:`rk_step` would compute, so a step
+    gets bitwise the same ``t`` with or without this table."""
+    values = [(t0 + n * h) + c * h for n in range(steps) for c in tableau.c]
+    flat = torch.tensor(values, dtype=like.dtype, device=like.device).unbind(0)
+    s = tableau.stages
+    return tuple(flat[n * s:(n + 1) * s] for n in range(steps))
+
+
+def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTableau,
+            times: Optional[Sequence[Tensor]] = None) -> State:
     """Advance ``y`` from ``t`` to ``t + h`` with one step of ``tableau``.
 
     The update ``y + h Σ b_i k_i`` is accumulated as each stage finishes (same order of
@@ -79,6 +102,8 @@ def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTable
         y: state, a tuple of tensors of any shapes.
         h: step size (negative integrates backwards in time; float or 0-dim tensor).
         tableau: the explicit RK scheme.
+        times: the step's stage times as tensors (a row of :func:`stage_times`), or None to
+            make them here.
     Returns:
         The state at ``t + h``, a new tuple with the shapes of ``y``.
     """
@@ -90,7 +115,7 @@ def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTable
         for j in range(i):
             if last[j] == i:
                 ks[j] = None
-        k = func(_stage_time(t, tableau.c[i], h, y[0]), yi)
+        k = func(_stage_time(t, tableau.c[i], h, y[0]) if times is None else times[i], yi)
         del yi
         b = tableau.b[i]
         if b != 0.0:
