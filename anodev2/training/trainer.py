@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .datasets import dataset_info
 from .limits import check_model_memory
 from .resume_guard import check_checkpoint
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
-from .progress import Progress
+from .progress import Progress, run_eta
 from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
                         load_checkpoint, remove_stale_temporaries, rng_state, set_rng_state)
 
@@ -316,7 +316,8 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     steps = 0
     bar = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} train", len(run.train_loader),
-                   enabled=run.is_main and cfg.log.progress, interval=cfg.log.progress_interval)
+                   enabled=run.is_main and cfg.log.progress, interval=cfg.log.progress_interval,
+                   run_eta=run_eta(state.history, epoch, cfg.train.epochs))
     try:
         for step, (x, y) in enumerate(run.train_loader):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
@@ -349,14 +350,16 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(run: Run, desc: str) -> tuple[float, float, int]:
-    """(mean loss, accuracy, images) over the whole test set, summed over ranks (unwrapped model, no DDP)."""
+def evaluate(run: Run, desc: str, eta: Optional[Callable[[float, float], float]] = None
+             ) -> tuple[float, float, int]:
+    """(mean loss, accuracy, images) over the whole test set, summed over ranks (unwrapped model, no DDP).
+    ``eta``: the whole run's ETA for the progress lines (progress.run_eta)."""
     model, cfg = run.model, run.cfg
     was = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     bar = Progress(desc, len(run.test_loader), enabled=run.is_main and cfg.log.progress,
-                   interval=cfg.log.progress_interval)
+                   interval=cfg.log.progress_interval, run_eta=eta)
     try:
         for x, y in run.test_loader:
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
@@ -477,7 +480,8 @@ def fit(cfg: Config, resume: bool = False, resumes: Optional[list] = None) -> li
             train_time = time.perf_counter() - t0
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 rec["test_loss"], rec["test_acc"], rec["test_images"] = evaluate(
-                    run, f"epoch {epoch + 1}/{cfg.train.epochs} test")
+                    run, f"epoch {epoch + 1}/{cfg.train.epochs} test",
+                    eta=run_eta(state.history, epoch, cfg.train.epochs, spent=train_time))
             rec["epoch_time"] = time.perf_counter() - t0
             rec["images_per_sec"] = rec["train_images"] / max(train_time, 1e-9)
             if run.dist.enabled:
