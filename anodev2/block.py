@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .adjoint import Checkpoint, Grad, GradMode, get_grad_mode
+from .adjoint import Backprop, Checkpoint, Grad, GradMode, get_grad_mode
 from .adjoint.registry import reject_loose_options
 from .evolution import EVOLUTION_KINDS, WeightEvolution, build_evolution
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
@@ -195,6 +195,12 @@ class ODEBlock(nn.Module):
         """Names (relative to f) of the weights that evolve in time (empty for static q)."""
         return self.field.names
 
+    def _solve_params(self) -> Union[list[Tensor], tuple[()]]:
+        """The ``params`` handed to odeint: none for Backprop (autograd reaches every tensor f
+        uses through the unrolled loop, so odeint never reads them; listing f's parameters
+        walks the module tree on every forward), else :meth:`_static_params`."""
+        return () if isinstance(self.grad_mode, Backprop) else self._static_params()
+
     def _static_params(self) -> list[Tensor]:
         names = set(self.field.names)
         own = [p for n, p in self.f.named_parameters() if n not in names]
@@ -213,7 +219,7 @@ class ODEBlock(nn.Module):
         else:
             y0 = z
         out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
-                     params=self._static_params(), stats=self.last_stats, callback=callback)
+                     params=self._solve_params(), stats=self.last_stats, callback=callback)
         return out[0] if names else out
 
     def weights_at(self) -> dict[str, list[Tensor]]:
