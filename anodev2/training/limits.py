@@ -1,4 +1,5 @@
-"""Sizes a run cannot have: a network whose parameters alone do not fit in the device's memory.
+"""Networks a run cannot have: one whose parameters alone do not fit in the device's memory
+(:func:`check_model_memory`), an ANODEV2 network that evolves no weight (:func:`check_evolution_targets`).
 
 ``model.width=100000`` asks for a ResNet-10 of about 2.7e15 parameters; building it fails deep inside
 torch's allocator (or, with memory overcommit, much later). :func:`check_model_memory` estimates the
@@ -14,10 +15,10 @@ import os
 
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, yaml_text
 from .datasets import dataset_info
 
-__all__ = ["check_model_memory", "device_memory_bytes", "COPIES"]
+__all__ = ["check_model_memory", "check_evolution_targets", "device_memory_bytes", "COPIES"]
 
 #: float32 copies of the parameters a training run holds: weights, gradients, optimiser state, checkpoint.
 COPIES = 4
@@ -52,3 +53,24 @@ def check_model_memory(cfg: Config, device: torch.device, memory: int | None = N
                           f"{need / 2**30:.3g} GiB for weights, gradients, optimiser state and a checkpoint "
                           f"(float32), more than the {device.type} memory ({memory / 2**30:.3g} GiB); "
                           f"allowed: a network that fits, here model.width <= {max(1.0, math.floor(fits)):g}")
+
+
+def check_evolution_targets(cfg: Config, model: torch.nn.Module) -> None:
+    """ConfigError when an ANODEV2 network (or one with an evolution set) evolves no weight at all: an empty or
+    non-matching target list would silently train a plain ANODE network under the anodev2 name."""
+    from anodev2 import ODEBlock
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    evolving = [t for b in blocks if b.evolution is not None and not getattr(b.evolution, "is_static", False)
+                for t in b.evolution.targets]
+    ev = getattr(cfg.model, "evolution", None)
+    kind = ev if isinstance(ev, str) or ev is None else (ev.get("kind") if hasattr(ev, "get") else None)
+    wants = kind not in (None, "static") or (kind is None and cfg.model.variant == "anodev2")
+    if blocks and wants and not evolving:
+        flat = hasattr(cfg.model, "evolution_targets")  # the config's spelling of the targets
+        key = "model.evolution_targets" if flat else "model.evolution.targets"
+        targets = getattr(cfg.model, "evolution_targets", None) if flat else (ev.get("targets") if hasattr(ev, "get")
+                                                                                else None)
+        shown = yaml_text(list(targets) if isinstance(targets, (list, tuple)) else targets)
+        raise ConfigError(f"{key}={shown} selects no weight of any ODE block: this {cfg.model.variant} network would "
+                          f"evolve nothing; allowed: null (the variant's default targets) or names/patterns of "
+                          f"parameters of f, or model.variant=anode for static weights")
