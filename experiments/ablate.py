@@ -36,51 +36,30 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from experiments.grid import (ROOT, GridRun, add_launch_args, check_launch_args, execute, expected_epochs,
+                              read_metrics)
 from experiments.output import write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = ROOT / "experiments" / "configs" / "paper"
 VARIANTS = ("baseline", "neuralode", "anode", "anodev2")
 VARIANT_TITLES = {"baseline": "Baseline", "neuralode": "Neural ODE", "anode": "ANODE", "anodev2": "ANODEV2"}
 #: CIFAR-10 test accuracy (%) as (min, max, avg) over runs, from the image misc/comparison.png of
-#: github amirgholami/anode. Its rows cite "NeuralODE [8]" and "ANODE [9]", so it comes from a later
-#: paper that cites ANODE, most likely ANODEV2 (Zhang et al. 2019, arXiv 1906.04596); the image
-#: states neither the epochs nor the number of runs.
+#: github amirgholami/anode. Known: its README shows the image under the ANODE paper (arXiv
+#: 1902.10298); the image states neither the epochs nor the number of runs. Inferred, not verified:
+#: its rows cite "NeuralODE [8]" and "ANODE [9]", which suggests a later paper that cites ANODE,
+#: perhaps ANODEV2 (arXiv 1906.04596). docs/RESULTS.md says what is known and what is inferred.
 PAPER = {
     "alexnet": {"baseline": (86.84, 87.15, 87.03), "neuralode": (74.54, 76.78, 75.67), "anode": (87.86, 88.14, 88.02)},
     "resnet4": {"baseline": (76.47, 77.35, 76.95), "neuralode": (44.73, 49.91, 47.37), "anode": (76.92, 77.45, 77.30)},
     "resnet10": {"baseline": (87.79, 88.52, 88.10), "neuralode": (64.70, 70.06, 67.94), "anode": (88.48, 88.75, 88.60)},
 }
-PAPER_SOURCE = ("misc/comparison.png of github amirgholami/anode (rows cite NeuralODE [8], ANODE [9]; "
-                "most likely from ANODEV2, arXiv 1906.04596)")
-LAUNCHERS = ("local", "submitit")
-
-
-@dataclass(frozen=True)
-class GridRun:
-    """One training run: its directory name, config, the model / variant / seed it trains and
-    the sweep's extra overrides (the grid's common overrides come before ``overrides``)."""
-
-    name: str
-    config: str
-    model: str
-    variant: str
-    seed: int
-    extra: tuple[str, ...] = ()  # a sweep's override(s)
-
-    @property
-    def overrides(self) -> tuple[str, ...]:
-        return (f"model.name={self.model}", f"model.variant={self.variant}", f"train.seed={self.seed}", *self.extra)
+PAPER_SOURCE = ("misc/comparison.png of github amirgholami/anode, shown in its README under the ANODE paper "
+                "(epochs and runs not stated; source paper not identified, see docs/RESULTS.md)")
 
 
 @dataclass(frozen=True)
@@ -208,131 +187,6 @@ def expand(grid: Grid) -> list[GridRun]:
     if dup:
         raise ValueError(f"runs {dup} appear twice in the grid")
     return runs
-
-
-# ---- run state and launching --------------------------------------------------------------
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def expected_epochs(grid: Grid, run: GridRun) -> int:
-    """``train.epochs`` of the run: the last override that sets it, else the run's config."""
-    for item in (*grid.common, *run.overrides)[::-1]:
-        if item.startswith("train.epochs="):
-            return int(item.split("=", 1)[1])
-    from anodev2.training.config import load_config
-
-    return load_config(run.config).train.epochs
-
-
-def status(grid: Grid, run: GridRun, out: Path) -> str:
-    """'done', 'partial' (resumable from last.pt) or 'todo'."""
-    d = out / run.name
-    hist = read_metrics(d)
-    if hist and hist[-1].get("epoch") == expected_epochs(grid, run):
-        return "done"
-    return "partial" if (d / "last.pt").exists() else "todo"
-
-
-def command(grid: Grid, run: GridRun, out: Path, nproc: int) -> list[str]:
-    """The training command of ``run`` as it stands now (``--resume`` when it is partial)."""
-    d = out / run.name
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
-        if nproc > 1 else [sys.executable]
-    resume = ["--resume", str(d)] if status(grid, run, out) == "partial" else []
-    return [*launcher, str(ROOT / "train_coupled.py"), *resume, "--config", run.config,
-            *grid.common, *run.overrides, f"out_dir={d}"]
-
-
-def launch(grid: Grid, run: GridRun, out: Path, nproc: int, threads: Optional[int] = None) -> int:
-    """Run (or resume) ``run`` to completion in a child process; output appended to RUN/stdout.log.
-    Returns the exit status. This is also the body of a submitit job."""
-    d = out / run.name
-    d.mkdir(parents=True, exist_ok=True)
-    cmd = command(grid, run, out, nproc)
-    with open(d / "stdout.log", "a") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        t = time.time()
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        log.write(f"# exit {rc} after {time.time() - t:.0f} s\n")
-    return rc
-
-
-@dataclass(frozen=True)
-class SubmititOptions:
-    """Job resources for ``--launcher submitit`` (one job per run, submitted as a job array)."""
-
-    folder: Path
-    cluster: Optional[str] = None
-    partition: Optional[str] = None
-    gpus_per_job: int = 1
-    cpus_per_job: int = 8
-    time_limit_min: int = 2880
-    array_parallelism: int = 64
-    wait: bool = True
-
-
-def _import_submitit():
-    try:
-        import submitit
-    except ImportError:
-        raise SystemExit("--launcher submitit needs the submitit package: pip install submitit "
-                         "(or pip install -e '.[bench]'); or use --launcher local") from None
-    return submitit
-
-
-def run_local(grid: Grid, todo: list[tuple[int, GridRun]], total: int, out: Path, nproc: int, jobs: int) -> list[str]:
-    """Run ``todo`` here, ``jobs`` at once (each with OMP_NUM_THREADS = cores // jobs); names of failed runs."""
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-
-    def one(item: tuple[int, GridRun]) -> Optional[str]:
-        i, r = item
-        t = time.time()
-        rc = launch(grid, r, out, nproc, threads)
-        print(f"[{i}/{total}] {r.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.time() - t:.0f} s",
-              flush=True)
-        return None if rc == 0 else r.name
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [name for name in pool.map(one, todo) if name]
-
-
-def run_submitit(grid: Grid, todo: list[tuple[int, GridRun]], total: int, out: Path, nproc: int,
-                 opts: SubmititOptions) -> list[str]:
-    """Submit one job per run of ``todo`` as a job array; wait for them unless ``opts.wait`` is
-    false. Returns the names of failed runs (none when not waiting)."""
-    submitit = _import_submitit()
-    executor = submitit.AutoExecutor(folder=opts.folder, cluster=opts.cluster)
-    params = dict(name="ablate", timeout_min=opts.time_limit_min, nodes=1, tasks_per_node=1,
-                  cpus_per_task=opts.cpus_per_job, gpus_per_node=opts.gpus_per_job,
-                  slurm_array_parallelism=opts.array_parallelism)
-    if opts.partition:
-        params["slurm_partition"] = opts.partition
-    executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [(i, r, executor.submit(launch, grid, r, out, nproc, opts.cpus_per_job)) for i, r in todo]
-    for i, r, job in jobs:
-        print(f"[{i}/{total}] {r.name}: submitted as job {job.job_id}", flush=True)
-    if not opts.wait:
-        print(f"not waiting; when the jobs are done, rerun with --aggregate-only (job logs in {opts.folder})")
-        return []
-    failed = []
-    for i, r, job in jobs:
-        try:
-            rc = job.result()
-        except Exception as e:  # the job itself failed (time limit, node failure): the run stays resumable
-            print(f"[{i}/{total}] {r.name}: job {job.job_id} FAILED: {type(e).__name__}: {e}", flush=True)
-            failed.append(r.name)
-            continue
-        print(f"[{i}/{total}] {r.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} (job {job.job_id})", flush=True)
-        if rc != 0:
-            failed.append(r.name)
-    return failed
 
 
 # ---- aggregation ------------------------------------------------------------------------
@@ -470,44 +324,12 @@ def aggregate(grid: Grid, runs: list[GridRun], out: Path) -> str:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=("quick", "cpu", "paper"), required=True)
-    p.add_argument("--out", type=Path, required=True, help="grid directory: one sub-directory per run")
-    p.add_argument("--data-root", help="data.root for every run (e.g. a folder with cifar10.npz)")
     p.add_argument("--models", nargs="*", help="restrict the grid to these models")
     p.add_argument("--variants", nargs="*", choices=VARIANTS, help="restrict the grid to these variants")
-    p.add_argument("--seeds", nargs="*", type=int, help="restrict the grid to these seeds")
     p.add_argument("--no-sweeps", action="store_true", help="the main table only (leave out the grid's sweeps)")
-    p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra config overrides for every run, after the grid's own (e.g. train.epochs=12)")
-    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                   help="local: child processes here (default); submitit: one job per run (Slurm)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="local launcher: runs at once (each with OMP_NUM_THREADS = cores // jobs); default 1")
-    s = p.add_argument_group("submitit launcher")
-    s.add_argument("--cluster", choices=("slurm", "local", "debug"),
-                   help="submitit cluster (default: Slurm when available, else local processes)")
-    s.add_argument("--partition", help="Slurm partition")
-    s.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; >= --nproc)")
-    s.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job, also its OMP_NUM_THREADS (default 8)")
-    s.add_argument("--time-limit", type=int, default=2880, metavar="MIN", help="job time limit in minutes (default 2880)")
-    s.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
-    s.add_argument("--job-folder", type=Path, help="submitit logs and pickles (default OUT/_submitit)")
-    s.add_argument("--no-wait", action="store_true", help="submit and exit; aggregate later with --aggregate-only")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
-    p.add_argument("--aggregate-only", action="store_true", help="only rebuild summary.md, runs.csv, curves.png")
+    add_launch_args(p)
     args = p.parse_args(argv)
-    for name in ("nproc", "jobs", "cpus_per_job", "time_limit", "array_parallelism"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.gpus_per_job < 0:
-        p.error(f"--gpus-per-job must be >= 0, got {args.gpus_per_job}")
-    if args.launcher == "local" and args.jobs > 1 and args.nproc > 1:
-        p.error("--jobs > 1 with --nproc > 1 oversubscribes this machine; choose one")
-    if args.launcher == "submitit" and 0 < args.gpus_per_job < args.nproc:
-        p.error(f"--nproc {args.nproc} processes per run need --gpus-per-job >= {args.nproc}, got {args.gpus_per_job}")
-    bad = [kv for kv in args.set if "=" not in kv]
-    if bad:
-        p.error(f"--set takes KEY=VALUE pairs, got {bad}")
+    check_launch_args(p, args)
     args.parser = p
     return args
 
@@ -523,29 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not runs:
         args.parser.error(f"--models {args.models} --variants {args.variants} --seeds {args.seeds} select no run "
                           f"of grid {args.grid!r}; allowed: models {list(full.models)}, seeds {list(full.seeds)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.dry_run:
-        for r in runs:
-            print(f"{status(grid, r, args.out):8s} {r.name}: --config {r.config} "
-                  f"{' '.join(grid.common + r.overrides)}")
+    failed = execute(grid, runs, args)
+    if failed is None:  # dry run, or submitted without waiting
         return 0
-    failed: list[str] = []
-    if not args.aggregate_only:
-        todo = []
-        for i, r in enumerate(runs, 1):
-            if status(grid, r, args.out) == "done":
-                print(f"[{i}/{len(runs)}] {r.name}: done, skipped", flush=True)
-            else:
-                todo.append((i, r))
-        if todo and args.launcher == "local":
-            failed = run_local(grid, todo, len(runs), args.out, args.nproc, args.jobs)
-        elif todo:
-            opts = SubmititOptions(args.job_folder or args.out / "_submitit", args.cluster, args.partition,
-                                   args.gpus_per_job, args.cpus_per_job, args.time_limit, args.array_parallelism,
-                                   not args.no_wait)
-            failed = run_submitit(grid, todo, len(runs), args.out, args.nproc, opts)
-            if not opts.wait:
-                return 0
     print(aggregate(grid, runs, args.out))
     if failed:
         print(f"failed runs (see RUN/stdout.log): {failed}", file=sys.stderr)

@@ -7,8 +7,6 @@ counts, equal f-evaluation counts), not the science: quick sizes make timings me
 import csv
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
