@@ -12,15 +12,15 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import numbers
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .adjoint import Backprop, Checkpoint, Grad, GradMode, get_grad_mode
+from .adjoint import Grad, GradMode, get_grad_mode
 from .adjoint.registry import reject_loose_options
-from .evolution import EVOLUTION_KINDS, WeightEvolution, build_evolution
+from .evolution import EVOLUTION_KINDS, EVOLUTIONS, WeightEvolution, build_evolution, check_evolution_options
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
 from .solvers import ButcherTableau, Method, get_tableau
 from .stats import SolveStats
@@ -31,14 +31,69 @@ def conv_weight_names(f: nn.Module) -> list[str]:
     return [f"{name}.weight" if name else "weight" for name, m in f.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+#: what every ``evolution=`` argument accepts (besides a built ``WeightEvolution``).
+Evolution = Union[None, str, Mapping[str, Any]]
+
+
+def resolve_evolution(evolution: Evolution, *, default_kind: Optional[str] = None,
+                      where: str = "evolution") -> Optional[dict[str, Any]]:
+    """The one reader of an evolution's spelling: None, a kind name (``"rda"``) or a mapping
+    ``{"kind": name, "targets": names or patterns, **options}`` -> None or a validated mapping
+    ``{"kind": name, **the given entries}``.
+
+    ``kind`` may be left out of a mapping where the caller has a default (a model variant's);
+    ``targets`` (None = the caller's default targets) lists parameter names or fnmatch patterns
+    relative to ``f``; the other entries are the kind's options, validated by the evolution
+    library. Raises ValueError / TypeError naming ``where``, the value and what is allowed.
+    """
+    if evolution is None:
+        return None
+    if isinstance(evolution, str):
+        spec: dict[str, Any] = {"kind": evolution}
+    elif isinstance(evolution, Mapping):
+        spec = dict(evolution)
+        if "kind" not in spec:
+            if default_kind is None:
+                raise ValueError(f"{where}={dict(evolution)!r} needs 'kind'; allowed: {' | '.join(EVOLUTIONS)}")
+            spec = {"kind": default_kind, **spec}
+    else:
+        raise TypeError(f"{where} must be None, a kind name ({' | '.join(EVOLUTIONS)}), a mapping "
+                        f"{{'kind': NAME, 'targets': [...], OPTION: VALUE}} or a WeightEvolution, "
+                        f"got {type(evolution).__name__}")
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in EVOLUTIONS:
+        key = where if isinstance(evolution, str) else f"{where}.kind"
+        raise ValueError(f"{key}={kind!r} is not allowed; allowed: {' | '.join(EVOLUTIONS)}")
+    targets = spec.get("targets")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, (list, tuple)) and all(isinstance(t, str) for t in targets)):
+        raise ValueError(f"{where}.targets={targets!r} is not allowed; allowed: null (the default targets), "
+                         "a parameter name or pattern, or a list of them")
+    options = {k: v for k, v in spec.items() if k not in ("kind", "targets")}
+    known = EVOLUTIONS[kind].options
+    for name, value in options.items():  # one option at a time: the message names it
+        if name not in known:
+            allowed = ", ".join(["targets", *known]) if known else f"targets (kind {kind!r} has no options)"
+            raise ValueError(f"{where}.{name} is not an option of evolution kind {kind!r}; allowed: {allowed}")
+        try:
+            known[name].check(kind, name, value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}.{name}={value!r} is not allowed: {e}") from None
+    try:  # the kind's check of the options together (e.g. RDA's stability bound)
+        check_evolution_options(kind, options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where} (kind {kind!r}): {e}") from None
+    return spec
+
+
 def _select_targets(f: nn.Module, targets: Optional[Union[str, Sequence[str]]]) -> list[str]:
-    """Resolve ``evolution_targets`` (None = every conv weight; names or fnmatch patterns)."""
+    """Resolve an evolution's ``targets`` (None = every conv weight; names or fnmatch patterns)."""
     params = dict(f.named_parameters())
     if targets is None:
         names = conv_weight_names(f)
         if not names:
             raise ValueError("evolution needs weights to evolve, but f has no nn.Conv2d; "
-                             "pass evolution_targets=[parameter names] (one of "
+                             "pass evolution={'kind': ..., 'targets': [parameter names]} (one of "
                              f"{sorted(params)})")
         return names
     patterns = [targets] if isinstance(targets, str) else list(targets)
@@ -46,7 +101,7 @@ def _select_targets(f: nn.Module, targets: Optional[Union[str, Sequence[str]]]) 
     for pat in patterns:
         hits = [n for n in params if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise ValueError(f"evolution_targets entry {pat!r} matches no parameter of f; "
+            raise ValueError(f"evolution targets entry {pat!r} matches no parameter of f; "
                              f"parameters: {sorted(params)}")
         names += [n for n in hits if n not in names]
     return names
@@ -88,20 +143,21 @@ class ODEBlock(nn.Module):
     Args:
         f: module mapping ``z -> dz/dt`` (``f(z)`` or ``f(t, z)``), output shape = input shape.
         steps, method, grad: as in :func:`anodev2.odeint`, with the same defaults (rk4, 4 steps,
-            ``Checkpoint()``); ``grad`` is a name or an object such as
-            ``anodev2.Checkpoint(checkpoints=2, keep_forward=True)``.
-        evolution: None (static weights: Neural ODE / ANODE), a kind name
-            ("static", "diffusion", "advection", "reaction", "rda") or a
+            ``Checkpoint()``); ``grad`` is an object such as
+            ``anodev2.Checkpoint(checkpoints=2, keep_forward=True)``, a name or a mapping
+            ``{"mode": "checkpoint", "checkpoints": 2}`` (mode defaults to "checkpoint"), kept
+            as the object it resolves to (``grad_mode``) and handed unchanged to ``odeint``.
+        evolution: None (static weights: Neural ODE / ANODE), a kind name (one of
+            ``anodev2.evolution.EVOLUTION_KINDS``), a mapping ``{"kind": name, "targets": ...,
+            **options}`` (:func:`resolve_evolution`; ``targets``: which parameters of ``f``
+            evolve, None = every conv weight, or names / fnmatch patterns relative to ``f``) or a
             :class:`~anodev2.evolution.WeightEvolution` whose targets are parameters of ``f``.
-        evolution_targets: with a kind name, which parameters of ``f`` evolve: None = every
-            conv weight, or names / fnmatch patterns relative to ``f``.
         t0, t1: the block's time interval.
         time_input: override the detection of ``f(t, z)`` vs ``f(z)``.
         record_weights: keep θ(t_n) of the last forward for :meth:`weights_at`.
     Attributes:
-        grad_mode: the resolved gradient mode object; ``grad`` is its name, ``checkpoints`` and
-            ``keep_forward`` its checkpoint options (None / False for other modes), ``tableau``
-            the resolved method and ``method`` its name.
+        grad_mode: the resolved gradient mode object (its options: ``grad_mode.options()``);
+        tableau: the resolved method (``method`` its name).
     Shapes: input ``[B, ...]`` -> output of the same shape.
     """
 
@@ -112,8 +168,7 @@ class ODEBlock(nn.Module):
         steps: int = DEFAULT_STEPS,
         method: Method = DEFAULT_METHOD,
         grad: Grad = DEFAULT_GRAD,
-        evolution: Union[None, str, WeightEvolution] = None,
-        evolution_targets: Optional[Union[str, Sequence[str]]] = None,
+        evolution: Union[Evolution, WeightEvolution] = None,
         t0: float = 0.0,
         t1: float = 1.0,
         time_input: Optional[bool] = None,
@@ -121,14 +176,17 @@ class ODEBlock(nn.Module):
         **removed,
     ) -> None:
         super().__init__()
+        if "evolution_targets" in removed:
+            raise TypeError("ODEBlock() no longer takes evolution_targets: the targets are part of the evolution; "
+                            f"write evolution={{'kind': ..., 'targets': {removed['evolution_targets']!r}}}")
         reject_loose_options("ODEBlock", removed)
         if not isinstance(f, nn.Module):
             raise TypeError(f"f must be an nn.Module, got {type(f).__name__}")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:  # as odeint: np.int64 too
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         self.tableau: ButcherTableau = get_tableau(method)
-        self.grad_mode: GradMode = get_grad_mode(grad)
-        evo = self._make_evolution(f, evolution, evolution_targets)
+        self.grad_mode: GradMode = get_grad_mode(grad, default_mode=DEFAULT_GRAD.name)
+        evo = self._make_evolution(f, evolution)
         # f and the evolution are the block's own submodules (state-dict keys "f.*", "evolution.*",
         # as for a discrete residual block); the joint vector field refers to them without
         # registering them a second time.
@@ -145,37 +203,16 @@ class ODEBlock(nn.Module):
     def method(self) -> str:
         return self.tableau.name
 
-    @property
-    def grad(self) -> str:
-        return self.grad_mode.name
-
-    @property
-    def checkpoints(self) -> Optional[int]:
-        return self.grad_mode.checkpoints
-
-    @property
-    def keep_forward(self) -> bool:
-        return isinstance(self.grad_mode, Checkpoint) and self.grad_mode.keep_forward
-
     @staticmethod
-    def _make_evolution(f, evolution, targets) -> Optional[WeightEvolution]:
-        if evolution is None:
-            if targets is not None:
-                raise ValueError("evolution_targets given but evolution is None; set evolution to one of "
-                                 f"{list(EVOLUTION_KINDS)}")
-            return None
+    def _make_evolution(f, evolution) -> Optional[WeightEvolution]:
         params = dict(f.named_parameters())
-        if isinstance(evolution, str):
-            if evolution not in EVOLUTION_KINDS:
-                raise ValueError(f"evolution={evolution!r} is not supported; allowed: None, "
-                                 f"{list(EVOLUTION_KINDS)} or a WeightEvolution instance")
-            names = _select_targets(f, targets)
-            return build_evolution(evolution, {n: params[n].shape for n in names})
         if not isinstance(evolution, WeightEvolution):
-            raise TypeError(f"evolution must be None, a kind name {list(EVOLUTION_KINDS)} or a WeightEvolution, "
-                            f"got {type(evolution).__name__}")
-        if targets is not None:
-            raise ValueError("evolution_targets applies to a kind name; a WeightEvolution instance carries its targets")
+            spec = resolve_evolution(evolution)
+            if spec is None:
+                return None
+            kind, targets = spec.pop("kind"), spec.pop("targets", None)
+            names = _select_targets(f, targets)
+            return build_evolution(kind, {n: params[n].shape for n in names}, **spec)
         for n in evolution.targets:
             if n not in params:
                 raise ValueError(f"evolution target {n!r} is not a parameter of f; parameters: {sorted(params)}")
@@ -195,12 +232,6 @@ class ODEBlock(nn.Module):
         """Names (relative to f) of the weights that evolve in time (empty for static q)."""
         return self.field.names
 
-    def _solve_params(self) -> Union[list[Tensor], tuple[()]]:
-        """The ``params`` handed to odeint: none for Backprop (autograd reaches every tensor f
-        uses through the unrolled loop, so odeint never reads them; listing f's parameters
-        walks the module tree on every forward), else :meth:`_static_params`."""
-        return () if isinstance(self.grad_mode, Backprop) else self._static_params()
-
     def _static_params(self) -> list[Tensor]:
         names = set(self.field.names)
         own = [p for n, p in self.f.named_parameters() if n not in names]
@@ -219,7 +250,7 @@ class ODEBlock(nn.Module):
         else:
             y0 = z
         out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
-                     params=self._solve_params(), stats=self.last_stats, callback=callback)
+                     params=self._static_params(), stats=self.last_stats, callback=callback)
         return out[0] if names else out
 
     def weights_at(self) -> dict[str, list[Tensor]]:

@@ -5,8 +5,9 @@ The defaults below are shared by :func:`odeint` and :class:`anodev2.ODEBlock` (o
 ``rk4`` with 4 steps is fourth order, so a default solve is accurate (error O(h^4)) for
 16 evaluations of ``func``; ``Checkpoint()`` gives the exact gradient of that computed solve
 with memory independent of the step count (every state held during backward, no graph kept
-between forward and backward). Networks that want the papers' cheap blocks ask for them
-(``anodev2.models`` variants use euler x 2, the ANODE repository's setting).
+between forward and backward). Networks that want cheap blocks ask for them
+(``anodev2.models`` variants use euler x 3; the ANODE repository's setting, euler x 2, is
+what the paper configs pin).
 """
 from __future__ import annotations
 
@@ -145,8 +146,10 @@ def odeint(
             :class:`anodev2.solvers.ButcherTableau`.
         grad: ``anodev2.Backprop()`` (autograd through the loop), ``anodev2.Checkpoint(...)``
             (exact discrete adjoint, ANODE; the default, every state held), ``anodev2.Backsolve()``
-            (Chen et al. reverse-time adjoint; inexact baseline), or their names "backprop",
-            "checkpoint", "backsolve" (default options).
+            (Chen et al. reverse-time adjoint; inexact baseline), their names "backprop",
+            "checkpoint", "backsolve" (default options), or a mapping
+            ``{"mode": "checkpoint", "checkpoints": 2}`` (the config spelling); resolved by
+            :func:`anodev2.adjoint.get_grad_mode`.
         params: tensors ``func`` depends on that need gradients (default: ``func.parameters()``
             for a Module); duplicates are ignored. With checkpoint/backsolve, tensors ``func``
             closes over that are not listed here receive no gradient.
@@ -173,7 +176,7 @@ def odeint(
         raise TypeError(f"stats must be an anodev2.SolveStats or None, got {type(stats).__name__} {stats!r}")
     stats = SolveStats() if stats is None else stats
     stats.reset(method=tableau.name, grad=mode.name, steps=int(steps), stages=tableau.stages,
-                checkpoints=mode.checkpoints)
+                checkpoints=mode.checkpoints if isinstance(mode, Checkpoint) else None)
     spec = SolveSpec(func=_tuple_func(func, is_tensor, state), tableau=tableau, t0=t0f, t1=t1f, steps=int(steps),
                      n_state=len(state), stats=stats, module=func if isinstance(func, nn.Module) else None,
                      callback=callback, time_grad=bool(times))

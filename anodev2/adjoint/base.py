@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -69,17 +70,41 @@ class SolveSpec:
         return rk_step(self.func, t0 + n * h, y, h, self.tableau, None if times else self.stage_times(y[0])[n])
 
 
+class OptionSpec(NamedTuple):
+    """One option of a gradient mode, for error messages and ``--help``."""
+    default: Any
+    allowed: str  # what a user may write, e.g. "null | integer >= 0"
+    help: str
+
+
+def mode_option(default: Any, allowed: str, help: str) -> Any:
+    """A dataclass field of a gradient mode, with what it allows and means (see :meth:`GradMode.option_specs`)."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed, "help": help})
+
+
 class GradMode(abc.ABC):
     """How :func:`anodev2.odeint` differentiates a solve. Implementations are small frozen
-    dataclasses that validate their options once, on construction, and own their ``solve``."""
+    dataclasses that validate their options once, on construction, and own their ``solve``.
+    A mode's options are its dataclass fields (declared with :func:`mode_option`); a mode with
+    options is written ``{"mode": name, **options}`` in configs (:meth:`as_dict`,
+    :func:`anodev2.adjoint.get_grad_mode`)."""
 
     #: the shorthand string that resolves to this mode (``grad="checkpoint"``).
     name: ClassVar[str]
 
-    @property
-    def checkpoints(self) -> Optional[int]:
-        """Checkpoint slots requested (``None``: every state, or not a checkpointing mode)."""
-        return None
+    @classmethod
+    def option_specs(cls) -> dict[str, OptionSpec]:
+        """``{option: OptionSpec(default, allowed, help)}`` of this mode (empty: no options)."""
+        return {f.name: OptionSpec(f.default, f.metadata.get("allowed", ""), f.metadata.get("help", ""))
+                for f in dataclasses.fields(cls)}
+
+    def options(self) -> dict[str, Any]:
+        """This mode's option values ``{option: value}``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"mode": name, **options}``: the config spelling, read back by ``get_grad_mode``."""
+        return {"mode": self.name, **self.options()}
 
     @abc.abstractmethod
     def solve(self, spec: SolveSpec, y0: State, times: Times, params: tuple[Tensor, ...]) -> State:

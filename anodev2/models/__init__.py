@@ -25,7 +25,8 @@ sqnxt23 end in a relu, as in the ANODE code. The residual form is ``z + f(z)`` a
 every variant.
 
 Variants (``VARIANTS``) and their defaults (ODE blocks integrate ``[0, 1]`` with
-``steps=2, method="euler"``, the ANODE repo's ``--Nt 2 --method Euler``):
+``steps=3, method="euler"``, so that an ANODEV2 ``f`` sees θ at three times; the ANODE repo's
+``--Nt 2 --method Euler`` is what the paper configs pin):
 
 * ``baseline``  - discrete residual blocks ``z + f(z)``;
 * ``neuralode`` - ODE blocks, ``grad="backsolve"`` (Chen et al. 2018 adjoint), static weights;
@@ -33,14 +34,25 @@ Variants (``VARIANTS``) and their defaults (ODE blocks integrate ``[0, 1]`` with
 * ``anodev2``   - ODE blocks, ``grad="checkpoint"``, ``evolution="rda"`` on every conv weight of f
   with a spatial kernel (kH*kW > 1: all convs of the ResNets / AlexNet, the 3x1 and 1x3 convs of
   SqueezeNext; on 1x1 kernels diffusion and advection vanish identically, so their coefficients
-  would be dead parameters). ``evolution_targets=None`` given explicitly: every conv weight.
+  would be dead parameters); ``evolution={"targets": [...]}`` names other targets.
 
-Options: ``steps``, ``method``, ``grad``, ``checkpoints``, ``keep_forward``, ``evolution``,
-``evolution_targets`` override the variant's ODE defaults (``build("resnet4", "anode",
-grad="backprop")`` is the same network differentiated by autograd); they are a ValueError for
-``baseline``. ``grad`` takes a name or an object (``grad=anodev2.Checkpoint(checkpoints=2)``);
-``checkpoints`` and ``keep_forward`` are the same checkpoint options spelled flat (for configs). ``width`` (channel
-multiplier, for tiny test networks) and ``norm`` ("batch" | "group") apply to every network.
+Options: ``steps``, ``method``, ``grad``, ``evolution`` override the variant's ODE defaults
+(``build("resnet4", "anode", grad="backprop")`` is the same network differentiated by
+autograd); they are a ValueError for ``baseline``. They are spelled as in a config's ``model``
+section and resolved once, by the engine's registries:
+
+* ``grad``: a name (``"checkpoint"``), an object (``anodev2.Checkpoint(checkpoints=2)``) or a
+  mapping ``{"mode": "checkpoint", "checkpoints": 2, "keep_forward": True}``; without
+  ``mode`` the mapping adjusts the variant's mode (``grad={"checkpoints": 2}``). The object is
+  handed unchanged to every ``ODEBlock`` and from there to ``odeint``.
+* ``evolution``: a kind name (``"rda"``) or a mapping ``{"kind": "rda", "targets": [...],
+  "d_max": 0.1, ...}`` (the kind's options: ``anodev2.evolution``); without ``kind`` it adjusts
+  the variant's kind (``evolution={"d_max": 0.1}`` for ``anodev2``); ``targets`` left out or
+  None = the spatial conv weights above.
+
+The flat spellings of earlier versions (``checkpoints=``, ``keep_forward=``,
+``evolution_targets=``) are a ValueError naming the new one. ``width`` (channel multiplier, for
+tiny test networks) and ``norm`` ("batch" | "group") apply to every network.
 
 Normalisation: BatchNorm by default, one BatchNorm per layer of ``f`` shared across all time
 steps (and RK stages) of the block, as in ANODE and ANODEV2, so results are comparable with
@@ -65,7 +77,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ._blocks import COMMON_OPTIONS, NORMS, ODE_OPTIONS, VARIANT_DEFAULTS, VARIANTS, BlockSpec, Residual, resolve
+from ._blocks import (COMMON_OPTIONS, MOVED_OPTIONS, NORMS, ODE_OPTIONS, VARIANT_DEFAULTS, VARIANTS, BlockSpec, Residual,
+                      resolve, resolve_grad, resolve_variant_evolution)
 from .alexnet import build_alexnet
 from .resnet import build_resnet
 from .sqnxt import build_sqnxt
@@ -78,7 +91,10 @@ __all__ = [
     "COMMON_OPTIONS",
     "NORMS",
     "VARIANT_DEFAULTS",
+    "MOVED_OPTIONS",
     "build",
+    "resolve_grad",
+    "resolve_variant_evolution",
     "ode_blocks",
     "describe",
     "format_description",
@@ -112,10 +128,9 @@ def build(name: str, variant: str, num_classes: int = 10, in_channels: int = 3, 
         name: one of ``MODELS`` ("resnet4", "resnet10", "resnet18", "alexnet", "sqnxt23").
         variant: one of ``VARIANTS`` ("baseline", "neuralode", "anode", "anodev2").
         num_classes, in_channels: ints >= 1.
-        **options: ``steps``, ``method`` (name or ``ButcherTableau``), ``grad`` (name or
-            ``anodev2.Checkpoint(...)`` etc.), ``checkpoints``, ``keep_forward`` (flat checkpoint
-            options), ``evolution``, ``evolution_targets`` (ODE variants only),
-            ``width`` (channel multiplier, default 1.0), ``norm`` ("batch" or "group").
+        **options: ``steps``, ``method`` (name or ``ButcherTableau``), ``grad`` (name, object
+            or mapping), ``evolution`` (kind name or mapping) (ODE variants only; see the module
+            docstring), ``width`` (channel multiplier, default 1.0), ``norm`` ("batch" or "group").
 
     Raises:
         ValueError: unknown name, variant or option, an option that makes no sense for the

@@ -8,7 +8,7 @@ A network is written once; :class:`BlockSpec` decides, per variant, what a
 * ``anode``     -> ``anodev2.ODEBlock(f, grad="checkpoint")`` (Gholami et al. 2019);
 * ``anodev2``   -> ``anodev2.ODEBlock(f, grad="checkpoint", evolution="rda")``
   (Zhang et al. 2019: the conv weights of ``f`` evolve by ``dθ/dt = q(θ, p)``). Unless
-  ``evolution_targets`` is given, the targets are the conv weights with a spatial kernel
+  the evolution names its ``targets``, they are the conv weights with a spatial kernel
   (:func:`spatial_conv_weights`; every conv of the ResNets and AlexNet, the 3x1 / 1x3
   convs of SqueezeNext).
 
@@ -32,9 +32,9 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..adjoint import with_checkpoint_options
-from ..block import ODEBlock
-from ..evolution import EVOLUTION_KINDS
+from ..adjoint import get_grad_mode
+from ..block import ODEBlock, resolve_evolution
+from ..evolution import EVOLUTIONS
 
 __all__ = [
     "VARIANTS",
@@ -49,19 +49,22 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("baseline", "neuralode", "anode", "anodev2")
-#: keyword options of every ODE block (override the variant's defaults). ``grad`` is a name or an
-#: object (``anodev2.Checkpoint(...)``); the flat ``checkpoints`` / ``keep_forward`` (for flat
-#: configurations) are folded into it by ``anodev2.adjoint.with_checkpoint_options``.
-ODE_OPTIONS: tuple[str, ...] = ("steps", "method", "grad", "checkpoints", "keep_forward", "evolution",
-                                "evolution_targets")
+#: keyword options of every ODE block (override the variant's defaults). ``grad``: a name, an
+#: object (``anodev2.Checkpoint(...)``) or a mapping ``{"mode": ..., **options}`` (mode defaults to
+#: the variant's); ``evolution``: a kind name or a mapping ``{"kind": ..., "targets": ..., **options}``
+#: (kind defaults to the variant's). Both are resolved here once and handed to ``ODEBlock`` unchanged.
+ODE_OPTIONS: tuple[str, ...] = ("steps", "method", "grad", "evolution")
+#: options of the API before issue 16 -> their spelling now (a clear error, never silently ignored).
+MOVED_OPTIONS: dict[str, str] = {
+    "checkpoints": "grad={{'checkpoints': {v!r}}} (or grad=anodev2.Checkpoint(checkpoints={v!r}))",
+    "keep_forward": "grad={{'keep_forward': {v!r}}} (or grad=anodev2.Checkpoint(keep_forward={v!r}))",
+    "evolution_targets": "evolution={{'targets': {v!r}}} (with the variant's kind) or {{'kind': NAME, 'targets': {v!r}}}",
+}
 #: keyword options understood by every network.
 COMMON_OPTIONS: tuple[str, ...] = ("width", "norm")
 NORMS: tuple[str, ...] = ("batch", "group")
 
-_ODE_BASE: dict[str, Any] = {
-    "steps": 3, "method": "euler", "checkpoints": None, "keep_forward": False, "evolution": None,
-    "evolution_targets": None,
-}
+_ODE_BASE: dict[str, Any] = {"steps": 3, "method": "euler", "evolution": None}
 VARIANT_DEFAULTS: dict[str, Optional[dict[str, Any]]] = {
     "baseline": None,
     "neuralode": {**_ODE_BASE, "grad": "backsolve"},
@@ -96,11 +99,12 @@ class BlockSpec:
     Attributes:
         variant: one of ``VARIANTS``.
         ode: keyword arguments for ``anodev2.ODEBlock`` (None for ``baseline``); ``grad`` is
-            the resolved gradient-mode object.
+            the resolved gradient-mode object, ``evolution`` None or the resolved mapping
+            ``{"kind": ..., **options}``.
         width: channel multiplier (> 0).
         norm: "batch" (default) or "group" (see ``anodev2.models`` docstring, "Normalisation").
         spatial_targets: evolve only :func:`spatial_conv_weights` of each f (the default
-            whenever an evolution is set and ``evolution_targets`` is not given).
+            whenever an evolution is set without ``targets``).
     """
 
     variant: str
@@ -125,7 +129,9 @@ class BlockSpec:
             return Residual(f)
         ode = dict(self.ode)
         if self.spatial_targets:
-            ode["evolution_targets"] = spatial_conv_weights(f) or None
+            # the kind's default targets (registry): spatial conv weights, or every conv (time_input)
+            spatial = EVOLUTIONS[ode["evolution"]["kind"]].targets == "spatial"
+            ode["evolution"] = {**ode["evolution"], "targets": (spatial_conv_weights(f) if spatial else None) or None}
         return ODEBlock(f, **ode)
 
 
@@ -157,13 +163,18 @@ def resolve(variant: str, options: Mapping[str, Any]) -> BlockSpec:
         options: the keyword options given to ``build``: ``ODE_OPTIONS`` and ``COMMON_OPTIONS``.
 
     Raises:
-        ValueError: unknown variant or option; an ODE option for ``baseline``;
-            ``evolution_targets`` without an evolution; an ``evolution`` that is not a kind
-            name; ``checkpoints`` / ``keep_forward`` with a grad other than "checkpoint"; a ``norm``
+        ValueError: unknown variant or option (an option moved by issue 16 names its new
+            spelling); an ODE option for ``baseline``; a ``grad`` or ``evolution`` the engine
+            refuses (unknown mode / kind / option, or an option value out of range); a
+            ``WeightEvolution`` instance (``build`` makes one evolution per block); a ``norm``
             not in ``NORMS``.
     """
     if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {VARIANTS}")
+    moved = [k for k in options if k in MOVED_OPTIONS]
+    if moved:
+        raise ValueError("; ".join(f"option {k}={options[k]!r} has moved: write " + MOVED_OPTIONS[k].format(v=options[k])
+                                   for k in moved))
     allowed = ODE_OPTIONS + COMMON_OPTIONS
     unknown = sorted(k for k in options if k not in allowed)
     if unknown:
@@ -185,17 +196,35 @@ def resolve(variant: str, options: Mapping[str, Any]) -> BlockSpec:
         return BlockSpec(variant, None, width, norm)
 
     ode = {**defaults, **given}
-    if ode["evolution"] is not None and ode["evolution"] not in EVOLUTION_KINDS:
-        raise ValueError(
-            f"evolution must be None or a kind name, one of {EVOLUTION_KINDS} (build creates one "
-            f"evolution per ODE block), got {ode['evolution']!r}"
-        )
-    if ode["evolution_targets"] is not None and ode["evolution"] is None:
-        raise ValueError(
-            f"evolution_targets given but evolution is None for variant {variant!r}: choose an "
-            "evolution ('static', 'diffusion', 'advection', 'reaction', 'rda') or drop evolution_targets"
-        )
-    ode["grad"] = with_checkpoint_options(ode["grad"], checkpoints=ode.pop("checkpoints"),
-                                          keep_forward=ode.pop("keep_forward"))
-    spatial = "evolution_targets" not in given and ode["evolution"] is not None
+    ode["grad"] = resolve_grad(variant, ode["grad"])
+    ode["evolution"] = resolve_variant_evolution(variant, ode["evolution"])
+    spatial = ode["evolution"] is not None and ode["evolution"].get("targets") is None
     return BlockSpec(variant, ode, width, norm, spatial)
+
+
+def _no_ode(variant: str, where: str) -> ValueError:
+    return ValueError(f"{where} makes no sense for variant {variant!r} (discrete residual blocks, no ODE); "
+                      f"use one of {VARIANTS[1:]} or drop it")
+
+
+def resolve_grad(variant: str, grad: Any, where: str = "grad"):
+    """The gradient-mode object of ``grad`` (name, object or mapping; a mapping without ``mode``
+    adjusts the variant's default mode) for ``variant``; ValueError / TypeError naming ``where``."""
+    defaults = VARIANT_DEFAULTS[variant]
+    if defaults is None:
+        raise _no_ode(variant, where)
+    return get_grad_mode(grad, default_mode=defaults["grad"], where=where)
+
+
+def resolve_variant_evolution(variant: str, evolution: Any, where: str = "evolution") -> Optional[dict]:
+    """None or the validated mapping ``{"kind": ..., **entries}`` of ``evolution`` for ``variant``
+    (a mapping without ``kind`` adjusts the variant's default kind); ValueError / TypeError naming ``where``."""
+    defaults = VARIANT_DEFAULTS[variant]
+    if defaults is None:
+        if evolution is None:
+            return None
+        raise _no_ode(variant, where)
+    if evolution is not None and not isinstance(evolution, (str, Mapping)):
+        raise ValueError(f"{where} must be None, a kind name or a mapping {{'kind': ..., 'targets': ..., OPTION: VALUE}} "
+                         f"(build makes one evolution per ODE block), got {type(evolution).__name__}")
+    return resolve_evolution(evolution, default_kind=defaults["evolution"], where=where)

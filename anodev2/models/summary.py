@@ -23,8 +23,9 @@ def ode_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def describe(model: nn.Module) -> list[dict[str, Any]]:
-    """One dict per ODE block: ``{"name", "steps", "method", "grad", "checkpoints",
-    "evolution" (kind or None), "evolving" ({param name relative to f: shape tuple})}``.
+    """One dict per ODE block: ``{"name", "steps", "method", "grad" (the mode's name),
+    "grad_options" (its options), "evolution" (kind or None), "evolving" ({param name relative
+    to f: shape tuple}), "evolution_params" (the family's own parameter count)}``.
 
     ``evolving`` lists the weights that actually change in time (empty for "static")."""
     out = []
@@ -34,10 +35,11 @@ def describe(model: nn.Module) -> list[dict[str, Any]]:
             "name": name,
             "steps": block.steps,
             "method": block.method,
-            "grad": block.grad,
-            "checkpoints": block.checkpoints,
+            "grad": block.grad_mode.name,
+            "grad_options": block.grad_mode.options(),
             "evolution": block.evolution_kind,
             "evolving": {n: tuple(params[n].shape) for n in block.evolving_names},
+            "evolution_params": 0 if block.evolution is None else block.evolution.parameter_count(),
         })
     return out
 
@@ -65,8 +67,15 @@ def weight_layers(model: nn.Module) -> int:
     )
 
 
-def _ckpt(c: Any) -> str:
-    return "all" if c is None else str(c)
+def _grad(name: str, options: dict) -> str:
+    """``checkpoint(checkpoints=all, keep_forward=False, ...)``; ``backprop`` for a mode without options."""
+    shown = {k: ("all" if k == "checkpoints" and v is None else v) for k, v in options.items()}
+    return name + (f"({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
+
+
+def _count(row: dict) -> str:
+    """`` (N params)`` of a block's evolution, empty without one."""
+    return "" if row["evolution"] is None else f" ({row['evolution_params']:,} params)"
 
 
 def format_description(model: nn.Module) -> str:
@@ -82,7 +91,8 @@ def format_description(model: nn.Module) -> str:
         for r in rows:
             evolving = ", ".join(f"{n}{list(s)}" for n, s in r["evolving"].items()) or "-"
             lines.append(
-                f"  {r['name']:<{width}}  steps={r['steps']} method={r['method']} grad={r['grad']} "
-                f"checkpoints={_ckpt(r['checkpoints'])} evolution={r['evolution']} evolving: {evolving}"
+                f"  {r['name']:<{width}}  steps={r['steps']} method={r['method']} "
+                f"grad={_grad(r['grad'], r['grad_options'])} evolution={r['evolution']}{_count(r)} "
+                f"evolving: {evolving}"
             )
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 A config is a YAML file (read with ``yaml.safe_load``) with the sections
 
     data:   which data set, where it lives, subsets, augmentation, loader workers
-    model:  network name and variant, ODE solver (steps, method, grad, checkpoints),
-            weight evolution (ANODEV2, arXiv 1906.04596) and extra build options
+    model:  network name and variant, ODE solver (steps, method), gradient mode
+            (``grad: {mode: checkpoint, checkpoints: 2}``), weight evolution (ANODEV2, arXiv
+            1906.04596: ``evolution: {kind: rda, d_max: 0.125}``) and extra build options
     optim:  SGD (momentum, nesterov) or Adam; lr, weight decay, multistep/cosine schedule
     train:  epochs, batch size, seed, device, evaluation period, mixed precision
     log:    TensorBoard / weight-evolution logging options
@@ -14,7 +15,18 @@ An optional top-level ``base: NAME_OR_PATH`` inherits another config (deep merge
 this file wins). Every key is validated against the frozen dataclasses below;
 unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
 naming the key, the value and what is allowed. Dotted ``key=value`` overrides
-(``train.epochs=1``) are parsed with ``yaml.safe_load`` and validated the same way.
+(``train.epochs=1``, ``model.grad.checkpoints=2``) are parsed with ``yaml.safe_load`` and
+validated the same way.
+
+``model.grad`` and ``model.evolution`` are read by the engine's own resolvers
+(:func:`anodev2.adjoint.get_grad_mode` through :func:`anodev2.models.resolve_grad`, and
+:func:`anodev2.models.resolve_variant_evolution`): ``model.grad`` becomes the gradient-mode
+object itself (``anodev2.Checkpoint(checkpoints=2)``), which ``models.build`` hands unchanged
+to every ODE block and the block to ``odeint``; ``model.evolution`` becomes the validated
+mapping ``{kind, **entries}`` that each ODE block builds its evolution from. Either may be a
+plain name (``grad: backprop``, ``evolution: rda``), a mapping, or null (the variant's default);
+a mapping without ``mode`` / ``kind`` adjusts the variant's default. The flat keys of earlier
+versions (:data:`MOVED_KEYS`) are an error naming the new spelling.
 """
 from __future__ import annotations
 
@@ -31,7 +43,7 @@ import yaml
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "LogConfig", "Config",
     "CONFIG_DIR", "available_configs", "find_config", "load_config", "parse_overrides",
-    "config_from_dict", "config_to_dict", "dump_config", "describe_keys", "merge_raw", "yaml_text",
+    "config_from_dict", "config_to_dict", "dump_config", "describe_keys", "merge_raw", "yaml_text", "MOVED_KEYS",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -91,12 +103,63 @@ def _schedules() -> tuple:
 
 
 def _opt(default, help: str, choices: Union[Sequence, Callable[[], Sequence], None] = None,
-         min=None, max=None, min_open: bool = False, max_open: bool = False):
-    """A dataclass field with validation metadata (choices, range) and a help text."""
-    meta = dict(help=help, choices=choices, min=min, max=max, min_open=min_open, max_open=max_open)
+         min=None, max=None, min_open: bool = False, max_open: bool = False, resolve: Optional[Callable] = None):
+    """A dataclass field with validation metadata (choices, range) and a help text. ``resolve(key, value,
+    section)`` (for values the engine reads itself) replaces the type check; ``section`` holds the
+    section's other (already checked) values."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_open=min_open, max_open=max_open, resolve=resolve)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- engine-resolved values
+
+#: flat keys of earlier versions -> where they live now (one clear error, in YAML and in overrides).
+MOVED_KEYS: dict[str, str] = {
+    "model.checkpoints": "model.grad.checkpoints",
+    "model.keep_forward": "model.grad.keep_forward",
+    "model.evolution_targets": "model.evolution.targets",
+}
+#: values that are a name or a mapping: the mapping key a bare name stands for (``grad: backprop``
+#: is ``grad: {mode: backprop}``), so that a dotted override can refine a name given in a file.
+_NAMED_MAPPINGS: dict[tuple[str, ...], str] = {("model", "grad"): "mode", ("model", "evolution"): "kind"}
+
+
+def _variant_of(section: Mapping) -> str:
+    return section.get("variant", ModelConfig.__dataclass_fields__["variant"].default)
+
+
+def _resolve_grad(key: str, value, section: Mapping):
+    """``model.grad`` -> None (the variant's default) or the gradient-mode object."""
+    if value is None:
+        return None
+    from anodev2 import models
+    try:
+        return models.resolve_grad(_variant_of(section), value, where=key)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _resolve_evolution(key: str, value, section: Mapping):
+    """``model.evolution`` -> None (the variant's default) or the validated mapping ``{kind, **entries}``."""
+    if value is None:
+        return None
+    from anodev2 import models
+    if isinstance(value, Mapping) and isinstance(value.get("targets"), list):
+        value = {**value, "targets": tuple(value["targets"])}  # frozen config: no list inside
+    try:
+        spec = models.resolve_variant_evolution(_variant_of(section), value, where=key)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
+def _moved(key: str) -> ConfigError:
+    new = MOVED_KEYS[key]
+    section, _, leaf = new.rpartition(".")
+    return ConfigError(f"{key} has moved: write {new} (in YAML: {section.replace('.', ': {')}: {{{leaf}: ...}}"
+                       f"{'}' * section.count('.')}); the old flat key is no longer read")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -116,27 +179,24 @@ class DataConfig:
 class ModelConfig:
     name: str = _opt("resnet10", "network in anodev2.models.MODELS", choices=_model_names)
     variant: str = _opt("anodev2", "baseline (discrete ResNet) | neuralode | anode | anodev2", choices=_variants)
-    steps: Optional[int] = _opt(None, "time steps Nt per ODE block; null = variant default (2)", min=1)
+    steps: Optional[int] = _opt(None, "time steps Nt per ODE block; null = variant default (3)", min=1)
     method: Optional[str] = _opt(None, "explicit Runge-Kutta method; null = variant default (euler)",
                                  choices=_methods)
-    grad: Optional[str] = _opt(None, "backprop | checkpoint (discrete adjoint) | backsolve; null = variant default",
-                               choices=_grad_modes)
-    checkpoints: Optional[int] = _opt(None, "checkpoint slots per block (grad=checkpoint); null = keep every step state",
-                                      min=0)
-    keep_forward: bool = _opt(False, "grad=checkpoint: keep the forward pass's states for backward instead of "
-                                     "recomputing them (~1.4x instead of ~1.7x backprop's step time); costs per block "
-                                     "min(Nt - 1, checkpoints) extra states of z's size held from forward to backward")
-    evolution: Optional[str] = _opt(None, "weight evolution q; null = variant default (rda for anodev2, none otherwise)",
-                                    choices=_evolutions)
-    evolution_targets: Optional[list[str]] = _opt(None, "evolving parameter names/patterns; null = spatial conv weights")
+    grad: Any = _opt(None, "gradient mode: a name or {mode: NAME, OPTION: VALUE} (keys below); null = variant "
+                           "default (checkpoint; backsolve for neuralode); without mode: adjusts the variant's",
+                     resolve=_resolve_grad)
+    evolution: Any = _opt(None, "weight evolution q: a kind or {kind: NAME, targets: [...], OPTION: VALUE} (keys "
+                                "below); null = variant default (rda for anodev2, none otherwise); without kind: "
+                                "adjusts the variant's", resolve=_resolve_evolution)
     width: float = _opt(1.0, "channel multiplier (small values give tiny test networks)", min=0.0, min_open=True)
     norm: str = _opt("batch", "normalisation layers", choices=_norms)
     options: dict[str, Any] = _opt({}, "further keyword options for anodev2.models.build")
 
     def build_options(self) -> dict:
         """Keyword options for ``anodev2.models.build``: every field named in ``anodev2.models.ODE_OPTIONS`` or
-        ``COMMON_OPTIONS`` whose value differs from its default (null / false / 1.0 / "batch" defer to the
-        variant's defaults; ODE options are an error for baseline), then ``options``."""
+        ``COMMON_OPTIONS`` whose value differs from its default (null / 1.0 / "batch" defer to the
+        variant's defaults; ODE options are an error for baseline), then ``options``. ``grad`` is the
+        gradient-mode object itself, passed on unchanged."""
         from anodev2 import models
         fields = {f.name: f for f in dataclasses.fields(self)}
         opts = {}
@@ -324,9 +384,16 @@ def _build_section(cls, raw, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in raw.items():
+        if f"{prefix}.{k}" in MOVED_KEYS:
+            raise _moved(f"{prefix}.{k}")
         if k not in fields:
             raise _unknown(f"{prefix}.{k}", _leaf_keys())
-        kwargs[k] = _coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
+        if fields[k].metadata.get("resolve") is None:
+            kwargs[k] = _coerce(f"{prefix}.{k}", v, hints[k], fields[k].metadata)
+    for k, v in raw.items():  # values the engine resolves, after the values they depend on
+        resolve = fields[k].metadata.get("resolve")
+        if resolve is not None:
+            kwargs[k] = resolve(f"{prefix}.{k}", v, kwargs)
     return cls(**kwargs)
 
 
@@ -426,11 +493,17 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def merge_raw(base: dict, top: Mapping) -> dict:
+def merge_raw(base: dict, top: Mapping, _path: tuple = ()) -> dict:
+    """``base`` updated by ``top``: mappings merge key by key (``model.options`` is replaced whole); a
+    mapping merged into a bare name of ``model.grad`` / ``model.evolution`` refines that name
+    (``grad: checkpoint`` + ``{checkpoints: 2}`` = ``{mode: checkpoint, checkpoints: 2}``)."""
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "options":
-            out[k] = merge_raw(out[k], v)
+        path, old = _path + (k,), out.get(k)
+        if path in _NAMED_MAPPINGS and isinstance(v, Mapping) and isinstance(old, str):
+            old = {_NAMED_MAPPINGS[path]: old}
+        if isinstance(v, Mapping) and isinstance(old, Mapping) and k != "options":
+            out[k] = merge_raw(old, v, path)
         else:
             out[k] = v
     return out
@@ -482,12 +555,17 @@ def parse_overrides(items: Sequence[str]) -> dict:
 
 
 def _check_override_key(key: str) -> None:
+    if key in MOVED_KEYS:
+        raise _moved(key)
     valid = _leaf_keys()
     if key in valid or key in _sections():
         return
     if key.startswith("model.options."):
         return
-    raise _unknown(key, valid)
+    nested = _nested_keys()
+    if key in nested:
+        return
+    raise _unknown(key, valid + list(nested))
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = (), name: str | None = None) -> Config:
@@ -499,6 +577,9 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = (), 
 # ----------------------------------------------------------------------------- output
 
 def _plain(value):
+    from anodev2.adjoint import GradMode
+    if isinstance(value, GradMode):
+        return value.as_dict()
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
@@ -518,18 +599,85 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+def _flow(value) -> str:
+    return yaml.safe_dump(_plain(value), default_flow_style=True).strip().removesuffix('...').strip()
+
+
+def _grad_keys() -> tuple[str, list[tuple[str, str, str, str]]]:
+    """(allowed values of model.grad, [(key, default, allowed, help)] of its nested keys), from the
+    gradient-mode registry."""
+    from anodev2.adjoint import GRAD_MODES
+    modes = " | ".join(GRAD_MODES)
+    rows = [("model.grad.mode", "(variant's)", modes, "the gradient mode (options below name their mode)")]
+    for name, cls in GRAD_MODES.items():
+        rows += [(f"model.grad.{opt}", _flow(spec.default), spec.allowed, f"({name}) {spec.help}")
+                 for opt, spec in cls.option_specs().items()]
+    return f"null | {modes} | {{mode: NAME, OPTION: VALUE}}", rows
+
+
+def _option_allowed(opt) -> str:
+    if opt.choices:
+        return " | ".join(map(str, opt.choices))
+    kind = {int: "integer", float: "number", str: "string"}.get(opt.type, opt.type.__name__)
+    bounds = [f">= {opt.low}"] if opt.low is not None else []
+    bounds += [f"<= {opt.high}"] if opt.high is not None else []
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def _evolution_keys() -> tuple[str, list[tuple[str, str, str, str]]]:
+    """(allowed values of model.evolution, [(key, default, allowed, help)] of its nested keys), from the
+    evolution registry (``anodev2.evolution.EVOLUTIONS``): each option once, with its default per kind."""
+    from anodev2.evolution import EVOLUTIONS
+    kinds = " | ".join(EVOLUTIONS)
+    every_conv = [k for k, spec in EVOLUTIONS.items() if spec.targets != "spatial"]
+    rows = [("model.evolution.kind", "(variant's)", kinds, "the weight family, one of:\n" + "\n".join(
+                f"{k}: {spec.summary}" for k, spec in EVOLUTIONS.items())),
+            ("model.evolution.targets", "null", "null | a parameter name or pattern | list of them",
+             "parameters of each ODE block's f that evolve (relative to f; fnmatch patterns); null = the kind's "
+             "default: conv weights with a spatial kernel" + (f" (every conv weight for {', '.join(every_conv)})"
+                                                              if every_conv else ""))]
+    by_option: dict[str, list] = {}
+    for kind, spec in EVOLUTIONS.items():
+        for name, opt in spec.options.items():
+            by_option.setdefault(name, []).append((kind, opt))
+    for name, entries in by_option.items():
+        defaults = {}
+        for kind, opt in entries:
+            defaults.setdefault(_flow(opt.default), []).append(kind)
+        default = ", ".join(f"{d} ({', '.join(ks)})" for d, ks in defaults.items())
+        allowed = " ; ".join(dict.fromkeys(_option_allowed(opt) for _, opt in entries))
+        rows.append((f"model.evolution.{name}", default, allowed, entries[0][1].description))
+    return f"null | {kinds} | {{kind: NAME, targets: [...], OPTION: VALUE}}", rows
+
+
+def _nested_keys() -> dict[str, tuple[str, str, str]]:
+    """Every key below model.grad / model.evolution -> (default, allowed, help)."""
+    out = {}
+    for describe in (_grad_keys, _evolution_keys):
+        out.update({key: rest for key, *rest in describe()[1]})
+    return out
+
+
 def describe_keys() -> str:
-    """One line per config key: dotted name, default, allowed values, help (for --help)."""
+    """One line per config key, nested keys of model.grad / model.evolution included: dotted name, default,
+    allowed values, help (for --help)."""
+    nested = {"model.grad": _grad_keys, "model.evolution": _evolution_keys}
     lines = []
     for name, cls in _sections().items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows = []
             try:
-                allowed = _describe_allowed(hints[f.name], f.metadata)
+                if f"{name}.{f.name}" in nested:
+                    allowed, rows = nested[f"{name}.{f.name}"]()
+                else:
+                    allowed = _describe_allowed(hints[f.name], f.metadata)
             except Exception:  # a registry that cannot be imported yet: still show the key
                 allowed = _type_name(hints[f.name])
-            lines.append(f"  {name}.{f.name} = {yaml.safe_dump(_plain(default), default_flow_style=True).strip().removesuffix('...').strip()}"
-                         f"  [{allowed}]  {f.metadata.get('help', '')}")
+            lines.append(f"  {name}.{f.name} = {_flow(default)}  [{allowed}]  {f.metadata.get('help', '')}")
+            for key, d, a, h in rows:
+                first, *more = h.split("\n")
+                lines += [f"    {key} = {d}  [{a}]  {first}", *(f"        {m}" for m in more)]
     lines.append("  out_dir = runs/{config}  [string]  " + Config.__dataclass_fields__["out_dir"].metadata["help"])
     return "\n".join(lines)

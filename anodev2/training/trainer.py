@@ -36,14 +36,15 @@ from . import distributed as distmod
 from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import ArrayDataset, BatchLoader, default_root, load_datasets
 from .datasets import dataset_info
-from .limits import check_evolution_targets, check_model_memory
+from .limits import check_model_memory
 from .resume_guard import check_checkpoint
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress, run_eta
+from .runs import build_model
 from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
                         load_checkpoint, remove_stale_temporaries, rng_state, set_rng_state)
 
-__all__ = ["RunState", "Run", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit", "setup_run", "restore",
+__all__ = ["RunState", "RunContext", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit", "setup_run", "restore",
            "train_one_epoch", "evaluate", "check_finite", "save_checkpoint", "log_epoch", "json_record"]
 
 #: version of the checkpoint dict; 2 = SHA-256 sidecars, no "scheduler"/"data" entries
@@ -68,8 +69,8 @@ class RunState:
 
 
 @dataclass
-class Run:
-    """What is built once per run (not saved)."""
+class RunContext:
+    """What is built once per run and every step function works in (not saved; ``RunState`` is what is saved)."""
     cfg: Config
     out: Path
     device: torch.device
@@ -168,15 +169,6 @@ def read_last_checkpoint(out: Path) -> dict:
     return ck
 
 
-def _build_model(cfg: Config, in_channels: int, num_classes: int) -> torch.nn.Module:
-    from .. import models
-    m = cfg.model
-    try:
-        return models.build(m.name, m.variant, num_classes=num_classes, in_channels=in_channels, **m.build_options())
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model section rejected by anodev2.models.build: {e}") from None
-
-
 def _load_data(cfg: Config, info: distmod.DistInfo) -> tuple[ArrayDataset, ArrayDataset]:
     d = cfg.data
     kwargs = dict(name=d.name, root=d.root, download=d.download, subset_train=d.subset_train,
@@ -191,7 +183,7 @@ def _load_data(cfg: Config, info: distmod.DistInfo) -> tuple[ArrayDataset, Array
             torch.distributed.barrier()
 
 
-def setup_run(cfg: Config, resume: bool) -> tuple[Run, RunState, Optional[RunLock], Optional[dict]]:
+def setup_run(cfg: Config, resume: bool) -> tuple[RunContext, RunState, Optional[RunLock], Optional[dict]]:
     """Build everything of a run. Returns (run, fresh state, rank 0's lock, the verified last.pt when resuming)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
@@ -227,15 +219,13 @@ def _claim_run_dir(cfg: Config, resume: bool, info: distmod.DistInfo) -> tuple[O
     return lock, ck
 
 
-def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
+def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> RunContext:
     """Model, loaders, DDP wrapper, optimiser and scaler of a run (seeded by train.seed)."""
     out = Path(cfg.out_dir)
     _seed_everything(cfg.train.seed)
-    facts = dataset_info(cfg.data.name)
-    in_channels, num_classes = facts.channels, facts.classes
+    in_channels = dataset_info(cfg.data.name).channels
     check_model_memory(cfg, device)  # before anything is allocated (model.width=100000)
-    model = _build_model(cfg, in_channels, num_classes).to(device)
-    check_evolution_targets(cfg, model)
+    model = build_model(cfg).to(device)
     train_set, test_set = _load_data(cfg, info)
     if train_set.in_channels != in_channels:
         raise ConfigError(f"data set has {train_set.in_channels} channels, unexpected for {cfg.data.name}")
@@ -251,7 +241,7 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
-    run = Run(cfg=cfg, out=out, device=device, dist=info, model=model, net=net,
+    run = RunContext(cfg=cfg, out=out, device=device, dist=info, model=model, net=net,
               opt=build_optimizer(cfg.optim, model), scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp),
               train_loader=train_loader, test_loader=test_loader, fixed_batch=next(iter(fixed))[0].to(device))
     if info.is_main:
@@ -261,7 +251,7 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> Run:
     return run
 
 
-def restore(run: Run, ck: Optional[dict]) -> RunState:
+def restore(run: RunContext, ck: Optional[dict]) -> RunState:
     """Load model, optimiser, scaler and RNG state from checkpoint dict ``ck`` (rank 0's, broadcast by DDP's
     first forward for the model). Returns the run state stored in it; the config's optimiser settings win."""
     if run.dist.enabled:  # only rank 0 read the file; every rank needs the state
@@ -290,7 +280,7 @@ def restore(run: Run, ck: Optional[dict]) -> RunState:
 
 # ----------------------------------------------------------------------------- the loop
 
-def _diverged(run: Run, state: RunState, what: str) -> NonFiniteError:
+def _diverged(run: RunContext, state: RunState, what: str) -> NonFiniteError:
     last = run.out / "last.pt"
     where = (f"last good checkpoint: {last} (epoch {state.epoch}, kept intact)" if state.epoch > 0
              else "no checkpoint was written yet")
@@ -304,7 +294,7 @@ def _micro_batches(x: torch.Tensor, y: torch.Tensor, n: int):
         yield x[i::n], y[i::n], y[i::n].shape[0] / y.shape[0]
 
 
-def train_one_epoch(run: Run, state: RunState, epoch: int) -> dict:
+def train_one_epoch(run: RunContext, state: RunState, epoch: int) -> dict:
     """Train one epoch (0-based ``epoch``); returns its training metrics summed over ranks.
 
     Raises NonFiniteError when a step's loss is not finite on any rank (before that step's update).
@@ -351,7 +341,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(run: Run, desc: str, eta: Optional[Callable[[float, float], float]] = None
+def evaluate(run: RunContext, desc: str, eta: Optional[Callable[[float, float], float]] = None
              ) -> tuple[float, float, int]:
     """(mean loss, accuracy, images) over the whole test set, summed over ranks (unwrapped model, no DDP).
     ``eta``: the whole run's ETA for the progress lines (progress.run_eta)."""
@@ -386,7 +376,7 @@ def _param_checksum(model: torch.nn.Module) -> torch.Tensor:
     return s.reshape(1)
 
 
-def check_finite(run: Run, state: RunState, rec: dict) -> None:
+def check_finite(run: RunContext, state: RunState, rec: dict) -> None:
     """The divergence guard before a checkpoint: every parameter and float buffer, the training loss and the
     test loss (when evaluated) must be finite; else NonFiniteError and last.pt stays the last good model."""
     bad = [name for name, t in list(run.model.named_parameters()) + list(run.model.named_buffers())
@@ -398,7 +388,7 @@ def check_finite(run: Run, state: RunState, rec: dict) -> None:
         raise _diverged(run, state, f"the model diverged in epoch {rec['epoch']} ({what}); not saved")
 
 
-def save_checkpoint(run: Run, state: RunState, is_best: bool) -> None:
+def save_checkpoint(run: RunContext, state: RunState, is_best: bool) -> None:
     """Write last.pt (and best.pt when ``is_best``) with their SHA-256 sidecars (rank 0 only)."""
     ck = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "model": run.model.state_dict(),
           "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp else {},
@@ -422,7 +412,7 @@ def summary_line(rec: dict, epochs: int) -> str:
             f"lr {rec['lr']:.4g} {rec['epoch_time']:.1f}s {rec['images_per_sec']:.0f} img/s")
 
 
-def log_epoch(run: Run, rec: dict) -> None:
+def log_epoch(run: RunContext, rec: dict) -> None:
     """Append ``rec`` to metrics.jsonl, write its TensorBoard views and print its summary (rank 0)."""
     cfg = run.cfg
     with open(run.out / "metrics.jsonl", "a") as f:
@@ -440,7 +430,7 @@ def log_epoch(run: Run, rec: dict) -> None:
     print(summary_line(rec, cfg.train.epochs), flush=True)
 
 
-def _open_outputs(run: Run, state: RunState, resumes: Optional[list] = None) -> None:
+def _open_outputs(run: RunContext, state: RunState, resumes: Optional[list] = None) -> None:
     """config.yaml (with the record of every resume), model.txt, metrics.jsonl (rewritten from the restored
     history) and the TensorBoard writer."""
     from ..models import format_description

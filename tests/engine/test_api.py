@@ -1,4 +1,5 @@
-"""API v2: gradient modes and methods as values, one registry of shorthands, one set of defaults."""
+"""API v2: gradient modes and methods as values, one registry resolving every spelling of a mode
+(object, name, config mapping), one set of defaults."""
 import dataclasses
 import inspect
 
@@ -8,7 +9,7 @@ from torch import nn
 
 import anodev2
 import anodev2.models
-from anodev2.adjoint import GRAD_MODES, get_grad_mode, with_checkpoint_options
+from anodev2.adjoint import GRAD_MODES, get_grad_mode
 from anodev2.solvers import RK4, TABLEAUX
 
 
@@ -17,9 +18,38 @@ def test_names_resolve_in_one_registry():
         "backprop": anodev2.Backprop, "checkpoint": anodev2.Checkpoint, "backsolve": anodev2.Backsolve}
     mode = anodev2.Checkpoint(checkpoints=3)
     assert get_grad_mode(mode) is mode and get_grad_mode("checkpoint") == anodev2.Checkpoint()
-    with pytest.raises(ValueError, match=r"grad='adjoint' is not supported; allowed: \['backprop', 'checkpoint', "
-                                         r"'backsolve'\] or an object"):
+    with pytest.raises(ValueError, match=r"grad='adjoint' is not allowed; allowed: backprop \| checkpoint \| "
+                                         r"backsolve, a mapping"):
         get_grad_mode("adjoint")
+
+
+def test_mappings_resolve_to_the_same_objects_and_back():
+    """The config spelling {"mode": ..., **options}: as_dict() writes it, get_grad_mode reads it back."""
+    for mode in (anodev2.Backprop(), anodev2.Backsolve(), anodev2.Checkpoint(2, keep_forward=True, preserve_rng=False)):
+        assert get_grad_mode(mode.as_dict()) == mode
+    assert anodev2.Checkpoint(3).as_dict() == {"mode": "checkpoint", "checkpoints": 3, "keep_forward": False,
+                                               "preserve_rng": True}
+    assert get_grad_mode({"checkpoints": 2}, default_mode="checkpoint") == anodev2.Checkpoint(2)
+    assert anodev2.Checkpoint.option_specs()["checkpoints"].allowed == "null | integer >= 0"
+    assert anodev2.Backprop.option_specs() == {}
+
+
+@pytest.mark.parametrize("value,exc,msg", [
+    ({"checkpoints": 2}, ValueError, r"^model.grad=\{'checkpoints': 2\} needs 'mode'; allowed: backprop \| checkpoint"),
+    ({"mode": "adjoint"}, ValueError, r"^model.grad.mode='adjoint' is not allowed; allowed: backprop \| checkpoint \| backsolve$"),
+    ({"mode": "checkpoint", "slots": 2}, ValueError,
+     r"^model.grad.slots is not an option of grad mode 'checkpoint'; allowed: checkpoints, keep_forward, preserve_rng$"),
+    ({"mode": "backsolve", "checkpoints": 2}, ValueError, r"^model.grad.checkpoints is not an option of grad mode "
+                                                         r"'backsolve'; allowed: no options"),
+    ({"mode": "checkpoint", "checkpoints": -1}, ValueError,
+     r"^model.grad.checkpoints=-1 is not allowed for grad mode 'checkpoint'; allowed: null \| integer >= 0$"),
+    ({"mode": "checkpoint", "keep_forward": "yes"}, ValueError,
+     r"^model.grad.keep_forward='yes' is not allowed for grad mode 'checkpoint'; allowed: true \| false$"),
+    (3, TypeError, r"^model.grad must be a mode name \(backprop \| checkpoint \| backsolve\), a mapping"),
+])
+def test_bad_mappings_name_the_key_the_value_and_what_is_allowed(value, exc, msg):
+    with pytest.raises(exc, match=msg):
+        get_grad_mode(value, where="model.grad")
 
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
@@ -39,7 +69,7 @@ def test_modes_are_frozen_values():
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.checkpoints = 2
     assert c == anodev2.Checkpoint(checkpoints=4, keep_forward=True) and hash(c) == hash(anodev2.Checkpoint(4, True))
-    assert anodev2.Backprop().checkpoints is None and c.checkpoints == 4
+    assert not hasattr(anodev2.Backprop(), "checkpoints") and c.checkpoints == 4  # one mode's option, on that mode
 
 
 def test_odeint_is_keyword_only_after_t1():
@@ -63,25 +93,37 @@ def test_odeint_and_odeblock_share_their_defaults():
 
 
 def test_block_and_build_take_the_same_objects():
+    """The object given (or the one a mapping resolves to) reaches odeint unchanged: the solve's
+    stats record its options."""
     mode = anodev2.Checkpoint(checkpoints=1, keep_forward=True)
     block = anodev2.ODEBlock(nn.Conv2d(2, 2, 3, padding=1), grad=mode, method=RK4, steps=3)
-    assert block.grad_mode is mode and (block.grad, block.checkpoints, block.keep_forward) == ("checkpoint", 1, True)
+    assert block.grad_mode is mode
+    assert anodev2.ODEBlock(nn.Identity(), grad=mode.as_dict()).grad_mode == mode
+    assert anodev2.ODEBlock(nn.Identity(), grad={"keep_forward": True}).grad_mode == anodev2.Checkpoint(keep_forward=True)
     model = anodev2.models.build("resnet4", "anode", grad=mode, width=0.25)
     (_, blk), = anodev2.models.ode_blocks(model)
-    assert blk.grad_mode == mode
-    flat = anodev2.models.build("resnet4", "anode", checkpoints=1, keep_forward=True, width=0.25)
-    assert anodev2.models.ode_blocks(flat)[0][1].grad_mode == mode
+    assert blk.grad_mode is mode
+    for grad in ({"checkpoints": 1, "keep_forward": True}, mode.as_dict()):  # mode left out: the variant's
+        built = anodev2.models.build("resnet4", "anode", grad=grad, width=0.25)
+        (_, blk), = anodev2.models.ode_blocks(built)
+        assert blk.grad_mode == mode
+    blk(torch.randn(2, 4, 8, 8, requires_grad=True)).sum().backward()
+    assert (blk.last_stats.grad, blk.last_stats.checkpoints) == ("checkpoint", 1)
 
 
-def test_flat_checkpoint_options_need_a_checkpoint_mode():
-    assert with_checkpoint_options("backsolve", checkpoints=None, keep_forward=False) == anodev2.Backsolve()
-    assert with_checkpoint_options("checkpoint", checkpoints=2) == anodev2.Checkpoint(2)
-    with pytest.raises(ValueError, match=r"keep_forward=True only applies to grad='checkpoint', got grad='backprop'"):
-        with_checkpoint_options("backprop", keep_forward=True)
-    with pytest.raises(ValueError, match=r"unknown checkpoint option\(s\) \['slots'\]"):
-        with_checkpoint_options("checkpoint", slots=2)
-    with pytest.raises(ValueError, match="keep_forward=True only applies"):
-        anodev2.models.build("resnet4", "neuralode", keep_forward=True, width=0.25)
+def test_flat_options_name_their_new_spelling():
+    with pytest.raises(ValueError, match=r"option checkpoints=1 has moved: write grad=\{'checkpoints': 1\}"):
+        anodev2.models.build("resnet4", "anode", checkpoints=1, width=0.25)
+    with pytest.raises(ValueError, match=r"option keep_forward=True has moved: write grad=\{'keep_forward': True\}"):
+        anodev2.models.build("resnet4", "anode", keep_forward=True, width=0.25)
+    with pytest.raises(ValueError, match=r"grad.keep_forward is not an option of grad mode 'backsolve'"):
+        anodev2.models.build("resnet4", "neuralode", grad={"keep_forward": True}, width=0.25)
+    with pytest.raises(ValueError, match=r"option evolution_targets=\['conv1.weight'\] has moved: write "
+                                         r"evolution=\{'targets': \['conv1.weight'\]\}"):
+        anodev2.models.build("resnet4", "anodev2", evolution_targets=["conv1.weight"], width=0.25)
+    with pytest.raises(TypeError, match=r"ODEBlock\(\) no longer takes evolution_targets.*"
+                                        r"evolution=\{'kind': ..., 'targets': \['0.weight'\]\}"):
+        anodev2.ODEBlock(nn.Conv2d(2, 2, 3), evolution="rda", evolution_targets=["0.weight"])
 
 
 def test_subpackage_all_lists_public_names_only():

@@ -60,11 +60,11 @@ def test_block_gradients_equal_backprop(evolution, method, steps, checkpoints):
         assert torch.equal(a, b), f"buffer {n} differs from backprop after a training step"
     if evolution not in (None, "static"):
         assert len(blk.evolving_names) == 2
-        assert any("raw" in n for n in names)
+        assert any(n.startswith("evolution.") for n in names)
 
 
 def test_gradient_reaches_theta0_and_coefficients_and_static_params():
-    blk = make_block(evolution="rda", evolution_targets=["0.weight"], steps=3, method="rk4")
+    blk = make_block(evolution={"kind": "rda", "targets": ["0.weight"]}, steps=3, method="rk4")
     assert blk.evolving_names == ("0.weight",)
     x = torch.randn(2, 4, 5, 5, dtype=D)
     _, g = train_step(blk, x)
@@ -202,12 +202,16 @@ def test_backsolve_block_runs_and_differs():
 
 def test_bad_inputs():
     f = make_f()
-    with pytest.raises(ValueError, match="evolution='wave' is not supported; allowed"):
+    with pytest.raises(ValueError, match="evolution='wave' is not allowed; allowed: static | "):
         ODEBlock(f, evolution="wave")
-    with pytest.raises(ValueError, match="evolution_targets entry 'conv9.weight' matches no parameter"):
-        ODEBlock(f, evolution="rda", evolution_targets=["conv9.weight"])
-    with pytest.raises(ValueError, match="evolution_targets given but evolution is None"):
-        ODEBlock(f, evolution_targets=["0.weight"])
+    with pytest.raises(ValueError, match="evolution.kind='wave' is not allowed; allowed: static | "):
+        ODEBlock(f, evolution={"kind": "wave"})
+    with pytest.raises(ValueError, match=r"evolution=\{'d_max': 0.1\} needs 'kind'; allowed: static \| "):
+        ODEBlock(f, evolution={"d_max": 0.1})
+    with pytest.raises(ValueError, match="evolution targets entry 'conv9.weight' matches no parameter"):
+        ODEBlock(f, evolution={"kind": "rda", "targets": ["conv9.weight"]})
+    with pytest.raises(ValueError, match=r"^evolution.d_maxx is not an option of evolution kind 'rda'; allowed: targets, d_max"):
+        ODEBlock(f, evolution={"kind": "rda", "d_maxx": 0.1})
     with pytest.raises(ValueError, match="f has no nn.Conv2d"):
         ODEBlock(nn.Linear(3, 3), evolution="rda")
     with pytest.raises(TypeError, match="f must be an nn.Module"):

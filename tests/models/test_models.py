@@ -121,7 +121,9 @@ def test_describe_lists_the_ode_blocks(name, variant):
     assert [n for n, _ in ode_blocks(model)] == EXPECTED_BLOCKS[name]
     for r, (_, block) in zip(rows, ode_blocks(model)):
         assert isinstance(block, anodev2.ODEBlock)
-        assert (r["steps"], r["method"], r["grad"], r["checkpoints"]) == (3, "euler", EXPECTED_GRAD[variant], None)
+        assert (r["steps"], r["method"], r["grad"], r["grad_options"]) == (
+            3, "euler", EXPECTED_GRAD[variant], block.grad_mode.options())
+        assert block.grad_mode == anodev2.adjoint.get_grad_mode(EXPECTED_GRAD[variant])
         if variant == "anodev2":
             assert r["evolution"] == "rda"
             convs = {f"{n}.weight": tuple(m.weight.shape) for n, m in block.f.named_modules()
@@ -225,15 +227,19 @@ def test_options_override_variant_defaults():
     assert [r["grad"] for r in describe(model)] == ["backprop"]
     model = build("resnet10", "neuralode", steps=3, method="rk4", width=0.25)
     assert {(r["steps"], r["method"], r["grad"]) for r in describe(model)} == {(3, "rk4", "backsolve")}
-    model = build("resnet10", "anodev2", checkpoints=1, evolution="diffusion",
-                  evolution_targets=["conv1.weight"], width=0.25)
+    model = build("resnet10", "anodev2", grad={"checkpoints": 1}, evolution={"kind": "diffusion", "d_max": 0.1,
+                                                                             "targets": ["conv1.weight"]}, width=0.25)
     rows = describe(model)
-    assert {(r["checkpoints"], r["evolution"]) for r in rows} == {(1, "diffusion")}
+    assert {(r["grad_options"]["checkpoints"], r["evolution"]) for r in rows} == {(1, "diffusion")}
     assert all(list(r["evolving"]) == ["conv1.weight"] for r in rows)
-    # evolution_targets=None explicitly: every conv weight (the engine's default), 1x1 included
-    model = build("sqnxt23", "anodev2", evolution_targets=None, width=0.125)
-    assert len(describe(model)[0]["evolving"]) == 5
+    assert {b.evolution.bounds()["diffusion"] for _, b in ode_blocks(model)} == {(0.0, 0.1)}
+    # targets left out or None: the spatial conv weights (sqnxt23: 2 of its 5 convs); patterns select others
     assert len(describe(build("sqnxt23", "anodev2", width=0.125))[0]["evolving"]) == 2
+    assert len(describe(build("sqnxt23", "anodev2", evolution={"targets": None}, width=0.125))[0]["evolving"]) == 2
+    model = build("sqnxt23", "anodev2", evolution={"targets": ["*conv*.weight"]}, width=0.125)
+    evolving = describe(model)[0]["evolving"]
+    assert len(evolving) == sum(1 for n, p in ode_blocks(model)[0][1].f.named_parameters()
+                                if p.dim() == 4 and "conv" in n) and len(evolving) > 2
     # an evolution on the anode variant
     assert {r["evolution"] for r in describe(build("resnet4", "anode", evolution="reaction", width=0.25))} == {"reaction"}
 
@@ -247,16 +253,21 @@ def test_options_override_variant_defaults():
         (("resnet4", "anode"), {"stepz": 2}, r"unknown option.*stepz.*allowed.*steps"),
         (("resnet4", "baseline"), {"steps": 2}, r"make no sense for variant 'baseline'"),
         (("resnet4", "baseline"), {"evolution": "rda"}, r"make no sense for variant 'baseline'"),
-        (("resnet4", "anode"), {"evolution_targets": ["conv1.weight"]}, "evolution_targets given"),
-        (("resnet4", "neuralode"), {"checkpoints": 2}, "only applies to grad='checkpoint'"),
+        (("resnet4", "anode"), {"evolution_targets": ["conv1.weight"]}, r"option evolution_targets=\['conv1.weight'\] "
+                                                                        r"has moved: write evolution="),
+        (("resnet4", "anode"), {"evolution": {"targets": ["conv1.weight"]}}, r"evolution=.* needs 'kind'"),
+        (("resnet4", "neuralode"), {"checkpoints": 2}, r"option checkpoints=2 has moved: write grad="),
+        (("resnet4", "neuralode"), {"grad": {"checkpoints": 2}}, r"grad.checkpoints is not an option of grad mode "
+                                                                 r"'backsolve'"),
         (("resnet4", "anode"), {"norm": "layer"}, r"norm must be one of \('batch', 'group'\)"),
         (("resnet4", "anode"), {"width": 0}, "width must be a positive"),
         (("resnet4", "anode"), {"method": "rk45"}, "rk45"),
         (("resnet4", "anode"), {"grad": "adjoint"}, "adjoint"),
         (("resnet4", "anode"), {"steps": 0}, "steps"),
-        (("resnet4", "anodev2"), {"evolution": "wave"}, r"evolution must be None or a kind name.*'rda'"),
-        (("resnet4", "anodev2"), {"evolution": object()}, "evolution must be None or a kind name"),
-        (("resnet4", "anodev2"), {"evolution_targets": ["nope.weight"]}, "nope"),
+        (("resnet4", "anodev2"), {"evolution": "wave"}, r"evolution='wave' is not allowed; allowed: static \| .*rda"),
+        (("resnet4", "anodev2"), {"evolution": object()}, "evolution must be None, a kind name or a mapping"),
+        (("resnet4", "anodev2"), {"evolution": {"targets": ["nope.weight"]}}, "nope"),
+        (("resnet4", "anodev2"), {"evolution": {"d_max": 2.0}}, r"evolution.d_max=2.0 is not allowed"),
         (("resnet4", "anode", 0), {}, "num_classes"),
     ],
 )

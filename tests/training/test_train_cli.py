@@ -105,9 +105,9 @@ def test_checkpoint_budget_does_not_change_training(full_run, tmp_path):
     command otherwise) bitwise, so the papers' grid (experiments/ablate.py) needs no
     checkpoint-budget sweep."""
     run = tmp_path / "run"
-    ok(run_cli(*TINY, "train.epochs=2", "model.checkpoints=1", f"out_dir={run}"))
-    assert "checkpoints=1 " in (run / "model.txt").read_text()
-    assert "checkpoints=all " in (full_run / "model.txt").read_text()
+    ok(run_cli(*TINY, "train.epochs=2", "model.grad.checkpoints=1", f"out_dir={run}"))
+    assert "grad=checkpoint(checkpoints=1, " in (run / "model.txt").read_text()
+    assert "grad=checkpoint(checkpoints=all, " in (full_run / "model.txt").read_text()
     assert strip_time(metrics(run)) == strip_time(metrics(full_run))
     a = torch.load(run / "last.pt", weights_only=True)["model"]
     b = torch.load(full_run / "last.pt", weights_only=True)["model"]
