@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import weakref
 import numbers
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -29,6 +30,53 @@ from .stats import SolveStats
 def conv_weight_names(f: nn.Module) -> list[str]:
     """Names (relative to ``f``) of the weights of every ``nn.Conv2d`` inside ``f``."""
     return [f"{name}.weight" if name else "weight" for name, m in f.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args):
+    """``f(*args)`` with the parameters ``names`` of ``f`` replaced by the tensors ``thetas``:
+    ``torch.func.functional_call(f, dict(zip(names, thetas)), args, strict=False)`` for the common
+    case at a fraction of its cost (it runs at every f-evaluation of an evolving block): each
+    target is swapped in its module's ``_parameters`` and put back afterwards, even on error.
+    Targets that are tied to another name (one Parameter under two names) or not plain entries of
+    ``_parameters`` (a parametrization) go through ``functional_call`` itself."""
+    slots = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        m = f
+        for part in module.split(".") if module else ():
+            m = m._modules.get(part)
+            if m is None:
+                return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+        if attr not in m._parameters or m._parameters[attr] is None:
+            return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+        slots.append((m._parameters, attr))
+    old = tuple(d[a] for d, a in slots)
+    if _has_ties(f, names, old):
+        return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+    try:
+        for (d, a), theta in zip(slots, thetas):
+            d[a] = theta
+        return f(*args)
+    finally:
+        for (d, a), o in zip(slots, old):
+            d[a] = o
+
+
+_TIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _has_ties(f: nn.Module, names: tuple[str, ...], params: tuple) -> bool:
+    """True if a target of ``names`` (whose current Parameters are ``params``) is also reachable
+    under another name of ``f`` (tied weights, which functional_call replaces everywhere).
+    Cached per f while the targets are the same Parameter objects."""
+    hit = _TIES.get(f)
+    if hit is not None and hit[0] == names and all(a is b for a, b in zip(hit[1], params)):
+        return hit[2]
+    ids = {id(p) for p in params}
+    count = sum(1 for _, p in f.named_parameters(remove_duplicate=False) if id(p) in ids)
+    tied = len(ids) != len(names) or count != len(names)
+    _TIES[f] = (names, params, tied)
+    return tied
 
 
 #: what every ``evolution=`` argument accepts (besides a built ``WeightEvolution``).
@@ -133,7 +181,7 @@ class CoupledField(nn.Module):
             return self.f(t, state) if self.time_input else self.f(state)
         z, thetas = state[0], tuple(state[1:])
         args = (t, z) if self.time_input else (z,)
-        dz = functional_call(self.f, dict(zip(self.names, thetas)), args, strict=False)
+        dz = _call_with_weights(self.f, self.names, thetas, args)
         return (dz, *self.evolution(t, thetas))
 
 
