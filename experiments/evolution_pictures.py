@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from anodev2 import models
+from anodev2.training.datasets import dataset_info
 from anodev2.training.tb_logging import collect_evolution, kernel_grid
 from experiments.output import write_csv
 from experiments.trained import load_model
@@ -52,10 +53,8 @@ def main(argv=None) -> int:
         blocks = [(n, b) for n, b in blocks if n == args.block]
         if not blocks:
             p.error(f"--block {args.block!r} is not an ODE block; blocks: {[n for n, _ in models.ode_blocks(model)]}")
-    in_ch = 1 if cfg.data.name == "mnist" else 3
-    size = 28 if cfg.data.name == "mnist" else 32
     with torch.no_grad():
-        model(torch.zeros(1, in_ch, size, size))
+        model(torch.zeros(1, *dataset_info(cfg.data.name).image_shape))
     found = collect_evolution(blocks)
     if not found:
         p.error(f"{args.checkpoint}: no ODE block has evolving weights (variant {cfg.model.variant!r}, "

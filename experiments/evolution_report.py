@@ -36,6 +36,7 @@ import torch
 
 from anodev2 import models
 from anodev2.training.data import BatchLoader, load_datasets
+from anodev2.training.datasets import dataset_info
 from anodev2.training.run_files import load_checkpoint
 from anodev2.training.config import config_from_dict
 
@@ -199,7 +200,7 @@ def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
     if not evolving_blocks(trained):
         raise SystemExit(f"error: {run_dir}: no ODE block has evolving weights (variant {cfg.model.variant!r}, "
                          f"evolution {cfg.model.evolution!r}); give anodev2 runs with a non-static evolution")
-    image = (1, 28, 28) if cfg.data.name == "mnist" else (3, 32, 32)
+    image = dataset_info(cfg.data.name).image_shape
     traj, traj0 = trajectories(trained, image), trajectories(untrained, image)
     rec = {"run": str(run_dir), "seed": cfg.train.seed, "checkpoint": args.checkpoint,
            "coefficients": coefficient_stats(trained), "coefficients_init": coefficient_stats(untrained),

@@ -8,6 +8,7 @@ import torch
 
 from anodev2 import models
 from anodev2.training.config import config_from_dict
+from anodev2.training.datasets import dataset_info
 from anodev2.training.run_files import load_checkpoint
 
 
@@ -24,8 +25,8 @@ def load_model(path: Path) -> tuple[torch.nn.Module, object]:
     if "config" not in ck or "model" not in ck:
         raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
     cfg = config_from_dict(ck["config"])
-    in_ch = 1 if cfg.data.name == "mnist" else 3
-    model = models.build(cfg.model.name, cfg.model.variant, num_classes=100 if cfg.data.name == "cifar100" else 10,
-                         in_channels=in_ch, **cfg.model.build_options())
+    facts = dataset_info(cfg.data.name)
+    model = models.build(cfg.model.name, cfg.model.variant, num_classes=facts.classes,
+                         in_channels=facts.channels, **cfg.model.build_options())
     model.load_state_dict(ck["model"])
     return model.eval(), cfg
