@@ -77,16 +77,6 @@ def _norms() -> tuple:
     return tuple(models.NORMS)
 
 
-def _evolutions() -> tuple:
-    from anodev2.evolution import EVOLUTION_KINDS
-    return tuple(EVOLUTION_KINDS)
-
-
-def _grad_modes() -> tuple:
-    from anodev2.adjoint import GRAD_MODES
-    return tuple(GRAD_MODES)
-
-
 def _datasets() -> tuple:
     from .datasets import DATASETS
     return tuple(DATASETS)
@@ -94,12 +84,12 @@ def _datasets() -> tuple:
 
 def _optimizers() -> tuple:
     from .optim import OPTIMIZERS
-    return OPTIMIZERS
+    return tuple(OPTIMIZERS)
 
 
 def _schedules() -> tuple:
     from .optim import SCHEDULES
-    return SCHEDULES
+    return tuple(SCHEDULES)
 
 
 def _opt(default, help: str, choices: Union[Sequence, Callable[[], Sequence], None] = None,

@@ -13,25 +13,53 @@ coefficients of q(θ, p) are parameters of a different kind than the network wei
 A group is omitted when it would be empty (e.g. the evolution group of an ANODE network).
 Each group carries its ``name`` and ``lr_mult``; :func:`set_lr` is the one place that turns the
 scheduled rate into per-group rates, so every schedule scales both groups alike.
+
+Optimisers and schedules are registries (:data:`OPTIMIZERS`, :data:`SCHEDULES`): adding one is
+one entry here; the config reads their names from these tables (``optim.name`` /
+``optim.schedule`` choices). This module does not import the config module (the config imports
+it, lazily, for those names): ``OptimConfig`` is only a type annotation here.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from ..evolution import WeightEvolution
-from .config import OptimConfig
+
+if TYPE_CHECKING:  # annotation only: config -> optim is the one direction of import
+    from .config import OptimConfig
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "GROUP_NAMES", "evolution_parameters", "param_groups", "build_optimizer", "apply_group_settings",
            "set_lr", "lr_at"]
 
 #: parameter-group names, in the order the optimiser holds them
 GROUP_NAMES = ("network", "evolution")
-#: values of optim.name and optim.schedule
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("multistep", "cosine")
+
+
+def _sgd(groups: list[dict], c: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
+
+
+def _adam(groups: list[dict], c: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=c.lr)
+
+
+def _multistep(c: OptimConfig, epoch: int, epochs: int) -> float:
+    return c.lr * c.gamma ** sum(epoch >= m for m in c.milestones)
+
+
+def _cosine(c: OptimConfig, epoch: int, epochs: int) -> float:
+    w = c.warmup_epochs
+    return c.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / max(1, epochs - w)))
+
+
+#: optim.name -> factory(param groups, optim config) -> optimiser
+OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam}
+#: optim.schedule -> base lr of 0-based epoch after the warm-up: fn(optim config, epoch, epochs)
+SCHEDULES: dict[str, Callable[[OptimConfig, int, int], float]] = {"multistep": _multistep, "cosine": _cosine}
 
 
 def evolution_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -71,12 +99,9 @@ def param_groups(model: nn.Module, optim_cfg: OptimConfig) -> list[dict]:
 
 def build_optimizer(optim_cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or Adam over :func:`param_groups`; lr is set per epoch by :func:`set_lr`."""
-    groups = param_groups(model, optim_cfg)
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
-    if optim_cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=optim_cfg.lr)
-    raise ValueError(f"optim.name={optim_cfg.name!r} is not allowed; allowed: {' | '.join(OPTIMIZERS)}")
+    if optim_cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={optim_cfg.name!r} is not allowed; allowed: {' | '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[optim_cfg.name](param_groups(model, optim_cfg), optim_cfg)
 
 
 def apply_group_settings(opt: torch.optim.Optimizer, optim_cfg: OptimConfig) -> None:
@@ -102,12 +127,9 @@ def lr_at(optim_cfg: OptimConfig, epoch: int, epochs: int) -> float:
     cosine: lr * (1 + cos(pi * (epoch - warmup) / (epochs - warmup))) / 2;
     warm-up: lr * (epoch + 1) / (warmup_epochs + 1) for epoch < warmup_epochs.
     """
-    base, w = optim_cfg.lr, optim_cfg.warmup_epochs
+    w = optim_cfg.warmup_epochs
     if epoch < w:
-        return base * (epoch + 1) / (w + 1)
-    if optim_cfg.schedule == "multistep":
-        return base * optim_cfg.gamma ** sum(epoch >= m for m in optim_cfg.milestones)
-    if optim_cfg.schedule != "cosine":
+        return optim_cfg.lr * (epoch + 1) / (w + 1)
+    if optim_cfg.schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule={optim_cfg.schedule!r} is not allowed; allowed: {' | '.join(SCHEDULES)}")
-    span = max(1, epochs - w)
-    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / span))
+    return SCHEDULES[optim_cfg.schedule](optim_cfg, epoch, epochs)

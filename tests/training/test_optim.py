@@ -85,3 +85,21 @@ def test_resume_reapplies_the_configs_group_settings():
 def test_evolution_optim_keys_are_validated(override, allowed):
     with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.* is not allowed; {allowed}"):
         load_config("smoke", [override])
+
+
+def test_optim_does_not_import_the_config_module():
+    """config -> optim is the one direction (issue 16): optim names OptimConfig in annotations only,
+    and its registries are what the config offers as optim.name / optim.schedule."""
+    import ast
+    import inspect
+
+    from anodev2.training import config, optim
+    tree = ast.parse(inspect.getsource(optim))
+    guarded = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    runtime = [ast.unparse(n) for n in ast.walk(tree)
+               if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in guarded]
+    assert not [line for line in runtime if "config" in line], runtime
+    fields = {f.name: f for f in config.dataclasses.fields(OptimConfig)}
+    assert config._choices(fields["name"].metadata["choices"]) == tuple(optim.OPTIMIZERS) == ("sgd", "adam")
+    assert config._choices(fields["schedule"].metadata["choices"]) == tuple(optim.SCHEDULES) == ("multistep", "cosine")
