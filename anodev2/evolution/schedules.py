@@ -74,7 +74,8 @@ class WeightSchedule(WeightEvolution):
 
     def coefficients(self) -> dict[str, torch.Tensor]:
         """``{"<target>/<part>": Tensor}``: the family's own parameters (detached), as used."""
-        return {f"{name}/{self.part}": self._own(name).detach().clone() for name in self.targets}
+        return {f"{name}/{self.part}": self._own(name).detach().clone() for name in self.targets
+                if self._own(name).numel()}  # untied with one piece has no own parameters
 
     part = "weights"
 

@@ -25,6 +25,29 @@ from .base import WeightEvolution, check_conv_shapes, safe_key
 __all__ = ["TimeInputEvolution"]
 
 
+class _TimeHook:
+    """Forward hook of one target conv: ``output + t·conv(1; V)``. An object (not a closure) so
+    that ``copy.deepcopy`` of a model points the copy's hooks at the copy's evolution."""
+
+    def __init__(self, evo: "TimeInputEvolution", name: str):
+        self.evo, self.name, self.key = evo, name, safe_key(name)
+
+    def __call__(self, conv: nn.Conv2d, inputs, output):
+        t = self.evo._t
+        if t is None:
+            raise RuntimeError(f"f with a time_input evolution was called outside an ODE block's solve "
+                               f"(no time set for {self.name!r})")
+        x = inputs[0]
+        v = self.evo.weights[self.key].to(dtype=output.dtype)
+        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=output.dtype, device=x.device)
+        if conv.padding_mode != "zeros":  # a constant channel stays constant under these paddings
+            ones = F.pad(ones, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            bias_map = F.conv2d(ones, v, None, conv.stride, 0, conv.dilation)
+        else:
+            bias_map = F.conv2d(ones, v, None, conv.stride, conv.padding, conv.dilation)
+        return output + t.to(dtype=output.dtype, device=output.device) * bias_map
+
+
 class TimeInputEvolution(WeightEvolution):
     """t as an extra input channel of every target conv (module docstring).
 
@@ -55,6 +78,8 @@ class TimeInputEvolution(WeightEvolution):
     def attach(self, f: nn.Module) -> None:
         """Hook every target conv of ``f`` (targets name ``<module path>.weight`` of an ``nn.Conv2d``
         with ``groups == 1``)."""
+        if self._handles:
+            raise ValueError("this time_input evolution is already attached to an f; build one per block")
         modules = dict(f.named_modules())
         for name in self.targets:
             path, _, leaf = name.rpartition(".")
@@ -63,26 +88,7 @@ class TimeInputEvolution(WeightEvolution):
                 raise ValueError(f"time_input target {name!r} is not the weight of an nn.Conv2d of f")
             if conv.groups != 1:
                 raise ValueError(f"time_input target {name!r}: grouped convs (groups={conv.groups}) are not supported")
-            self._handles.append(conv.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
-        key = safe_key(name)
-
-        def hook(conv: nn.Conv2d, inputs, output):
-            if self._t is None:
-                raise RuntimeError(f"f with a time_input evolution was called outside an ODE block's solve "
-                                   f"(no time set for {name!r})")
-            x = inputs[0]
-            v = self.weights[key].to(dtype=output.dtype)
-            ones = torch.ones((1, 1, *x.shape[-2:]), dtype=output.dtype, device=x.device)
-            if conv.padding_mode != "zeros":  # a constant channel stays constant under these paddings
-                ones = F.pad(ones, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-                bias_map = F.conv2d(ones, v, None, conv.stride, 0, conv.dilation)
-            else:
-                bias_map = F.conv2d(ones, v, None, conv.stride, conv.padding, conv.dilation)
-            return output + self._t.to(dtype=output.dtype, device=output.device) * bias_map
-
-        return hook
+            self._handles.append(conv.register_forward_hook(_TimeHook(self, name)))
 
     @contextlib.contextmanager
     def at_time(self, t: torch.Tensor) -> Iterator[None]:
