@@ -1,197 +1,376 @@
-"""Proof that the weight evolution matters: a regression task that needs time-varying weights.
+"""A fair capability task for time-varying weights: a teacher whose 3x3 kernels rotate in time.
 
-The teacher is an ODE block ``dz/dt = f(z; θ(t))`` acting on every pixel of a one-channel image,
-``f = conv1x1(1 -> 2) -> tanh -> conv1x1(2 -> 1)``, whose first-layer kernels drift over
-``t in [0, 1]`` by reaction (``r = +1`` grows one hidden unit's weight, ``r = -1`` shrinks the
-other's). The velocity ``w (tanh(k_a(t) z) - tanh(k_b(t) z))`` changes sign half-way: each pixel
-first moves towards 0 and then back out. The regression target of an input ``x`` is the pair
-``(z(1/2), z(1))``. With static weights the per-pixel dynamics is a scalar *autonomous* ODE, whose
-trajectories are monotone in ``t``: ``z(1/2) - x`` and ``z(1) - z(1/2)`` always have the same sign,
-so no static student, however wide, can fit the teacher, while an ANODEV2 student of the same
-form can represent it exactly. A student predicts both outputs with one ``f`` (and one
-evolution) solved on ``[0, 1/2]`` and on ``[0, 1]`` with the same step ``h = 1/2`` (rk4).
+**Teacher** (outside every student's model class). Images ``z [C, S, S]`` follow
+``dz/dt = f_T(t, z) = W2 * tanh(GN(K(t) * z))`` on ``t in [0, 1]``: ``*`` a 3x3 convolution,
+``GN`` a GroupNorm over all ``H`` hidden channels (no affine change), ``W2 [C, H, 3, 3]`` fixed.
+Each kernel ``K(t)[h, c]`` is a sampled Gaussian blob (width ``sigma``) whose centre circles the
+kernel's middle cell at radius ``rho`` with angular speed ``omega`` (one revolution over
+``[0, 1]`` by default) from its own phase, with its own sign: the kernels *rotate
+continuously*. ``K(t)`` is not a polynomial or piecewise-constant function of ``t`` (``linear``,
+``galerkin``, ``untied``), not ``exp(tM) K(0)`` (its entries ``∝ exp(a cos(omega t + phi))`` have
+infinitely many Fourier modes, a linear ODE on the 9 cells at most 9: ``rda``, ``generator``),
+and the time dependence sits *inside* the normalised nonlinearity (so not a ``t`` input channel,
+``time_input``). Every student can only approximate it.
 
-Students, trained from a random initialisation by the same Adam schedule:
+**Targets**: the teacher's states at ``t = 1/3, 2/3, 1`` (rk4, 8 steps per third) from random
+inputs ``x ~ N(0, 1)``; a student is scored on all three. **Students**: one ODE block
+``dz/dt = f(z; θ(t))`` with ``f = conv3x3(C -> H) -> GroupNorm(1, H) -> tanh -> conv3x3(H -> C)``
+(the teacher's architecture, every weight learned from PyTorch's default initialisation), rk4
+with 3 steps (``h = 1/3``: f is evaluated at t = 0, 1/6, 1/3, ..., 1, and ``z(k/3)`` is the state
+after step k, read as the input of f's first stage of step k+1), gradient ``backprop``; one per
+family of ``anodev2.evolution`` (its default options, every conv weight of f evolving):
 
-* **ANODE** (static weights), hidden width chosen so it has at least as many parameters;
-* **ANODEV2** (RDA evolution, coefficients from 0), hidden width ``hidden``.
+* ``anode`` - static weights (the ANODE block);  ``anode_wide`` - static, hidden width chosen so
+  that it has at least as many parameters as the largest family (more parameters alone);
+* ``rda``, ``generator`` - ANODEV2: the weights follow their own ODE ``dθ/dt = q(θ, p)``;
+* ``linear`` (θ0 + tθ1), ``galerkin`` (basis functions of t), ``untied`` (one weight set per
+  solver step), ``time_input`` (t as an extra input channel of every conv of f).
 
-Reported per seed (seed = inputs and student initialisation): parameter counts, final train and
-held-out MSE, the "static floor" (the lowest held-out MSE *any* static-weight per-pixel flow can
-reach, :func:`static_floor`), and "frozen": the teacher's own ``f`` with its evolution switched off.
+**Protocol**, per seed (the seed draws the teacher's phases, signs and W2, the data and every
+student's initialisation; the same for every family): for every learning rate of ``--lrs``,
+Adam with cosine decay, ``--iters`` full-batch steps on the training split; the learning rate
+is chosen by the MSE on the validation split; reported: the chosen fit's held-out (test) MSE,
+and the same with the family's evolution switched off (``evolution.off()``). Summary per family
+over seeds: held-out MSE min / max / geometric mean, and the geometric mean of
+``MSE(anode) / MSE(family)``. References: "no motion" (predict ``z(t) = x``), "teacher frozen"
+(the teacher with ``K(t) = K(0)``). There is no computable static floor for this task (the
+floor of the earlier per-pixel task relied on scalar autonomous flows being monotone; a
+multi-channel image flow has no such constraint): the ``anode``/``anode_wide`` rows are the
+static reference.
 
-    python experiments/evolution_capability.py                      # 3 seeds
-    python experiments/evolution_capability.py --seeds 0 --iters 200  # quick look
+    python experiments/evolution_capability.py                 # 3 seeds, ~15 min CPU on one core
+    python experiments/evolution_capability.py --quick         # seconds (what the tests run)
+    python experiments/evolution_capability.py --families anode,rda --seeds 0 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from anodev2 import ODEBlock
-from anodev2.evolution import RDAEvolution, build_evolution
+from anodev2.evolution import EVOLUTION_KINDS
+
+#: student families: name -> evolution kind given to ODEBlock (None: static weights)
+FAMILIES: dict[str, Optional[str]] = {
+    "anode": None, "anode_wide": None, "rda": "rda", "generator": "generator", "linear": "linear",
+    "galerkin": "galerkin", "time_input": "time_input", "untied": "untied"}
+OBS = 3  #: observed times k/OBS, k = 1..OBS
+TEACHER_STEPS = 8  #: teacher rk4 steps per observed interval
 
 
 @dataclass
-class Outcome:
-    """Losses of one seed (mean squared error on the train and held-out inputs)."""
+class Task:
+    """Sizes and the teacher's motion (defaults: the documented run)."""
 
+    channels: int = 2
+    hidden: int = 8
+    size: int = 8
+    n_train: int = 64
+    n_val: int = 32
+    n_test: int = 64
+    iters: int = 400
+    lrs: tuple[float, ...] = (1e-2, 3e-2, 1e-1)
+    student_steps: int = 3  #: rk4 steps of every student on [0, 1] (a multiple of OBS)
+    omega: float = 2 * math.pi
+    rho: float = 0.8
+    sigma: float = 0.6
+    gain: float = 2.0
+
+
+QUICK = Task(channels=2, hidden=4, size=5, n_train=16, n_val=8, n_test=16, iters=8, lrs=(1e-2, 3e-2))
+
+
+@dataclass
+class Fit:
+    """One family on one seed: the chosen learning rate's fit (and every lr's validation MSE)."""
+
+    family: str
     seed: int
-    params_anode: int
-    params_anodev2: int
-    anode_train: float
-    anode_test: float
-    anodev2_train: float
-    anodev2_test: float
-    teacher_frozen: float
-    static_floor: float
-    seconds: float
+    params: int
+    hidden: int
+    lr: float
+    train: float
+    val: float
+    test: float
+    test_off: Optional[float]
+    val_by_lr: dict = field(default_factory=dict)
+    seconds: float = 0.0  #: CPU seconds of the family's fits (every lr)
 
 
-def make_f(hidden: int) -> nn.Module:
-    """Per-pixel ``conv1x1(1 -> hidden) -> tanh -> conv1x1(hidden -> 1)``."""
-    return nn.Sequential(nn.Conv2d(1, hidden, 1), nn.Tanh(), nn.Conv2d(hidden, 1, 1))
+def blob_kernels(t: torch.Tensor, phase: torch.Tensor, sign: torch.Tensor, task: Task) -> torch.Tensor:
+    """``K(t) [H, C, 3, 3]``: a Gaussian blob of width sigma at ``rho (cos, sin)(phase + omega t)``
+    around the middle cell, times ``sign`` (module docstring)."""
+    grid = torch.tensor([-1.0, 0.0, 1.0], dtype=phase.dtype)
+    angle = phase + task.omega * t
+    cx, cy = task.rho * torch.cos(angle), task.rho * torch.sin(angle)
+    dx = grid.view(1, 1, 1, 3) - cx[..., None, None]
+    dy = grid.view(1, 1, 3, 1) - cy[..., None, None]
+    return sign[..., None, None] * torch.exp(-(dx ** 2 + dy ** 2) / (2 * task.sigma ** 2))
 
 
-HALF_STEPS = 1  # solver steps on [0, 1/2]; [0, 1] takes twice as many (same step h = 1/2)
+class TeacherF(nn.Module):
+    """``f_T(t, z) = W2 * tanh(GN(K(t) * z))``; ``frozen_at`` fixes K at that time."""
 
-
-class Student(nn.Module):
-    """``x -> (z(1/2), z(1))`` of one ODE system (shared ``f`` and evolution), rk4 with h = 1/2."""
-
-    def __init__(self, f: nn.Module, evolution) -> None:
+    def __init__(self, task: Task, gen: torch.Generator, frozen_at: Optional[float] = None) -> None:
         super().__init__()
-        self.mid = ODEBlock(f, steps=HALF_STEPS, method="rk4", evolution=evolution, t1=0.5)
-        self.end = ODEBlock(f, steps=2 * HALF_STEPS, method="rk4", evolution=self.mid.evolution, t1=1.0)
+        c, h = task.channels, task.hidden
+        self.task, self.frozen_at = task, frozen_at
+        self.register_buffer("phase", 2 * math.pi * torch.rand(h, c, generator=gen))
+        self.register_buffer("sign", torch.where(torch.rand(h, c, generator=gen) < 0.5, -1.0, 1.0))
+        self.register_buffer("w2", task.gain * torch.randn(c, h, 3, 3, generator=gen) / math.sqrt(9 * h))
+        self.norm = nn.GroupNorm(1, h, affine=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.mid(x), self.end(x)])
+    def kernels(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t if self.frozen_at is None else self.frozen_at, dtype=self.phase.dtype)
+        return blob_kernels(t, self.phase, self.sign, self.task)
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        hid = torch.tanh(self.norm(nn.functional.conv2d(z, self.kernels(t), padding=1)))
+        return nn.functional.conv2d(hid, self.w2, padding=1)
 
 
-def teacher() -> Student:
-    """The drifting teacher of the module docstring (fixed; the seeds vary data and students)."""
-    f = make_f(2)
-    with torch.no_grad():
-        for conv in (f[0], f[2]):
-            conv.bias.zero_()
-        f[0].weight.copy_(torch.tensor([1.0, 1.8]).view(2, 1, 1, 1))  # k_a(0) < k_b(0)
-        f[2].weight.copy_(torch.tensor([4.0, -4.0]).view(1, 2, 1, 1))
-    evo = build_evolution("rda", {n: p.shape for n, p in f.named_parameters() if p.dim() == 4})
-    evo.set_coefficients({"0.weight/reaction": torch.tensor([1.0, -1.0])})  # k_a grows, k_b shrinks
-    return Student(f, evo)
+def make_f(channels: int, hidden: int) -> nn.Module:
+    """The students' f: ``conv3x3 -> GroupNorm(1, hidden) -> tanh -> conv3x3`` (shape preserving)."""
+    return nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.GroupNorm(1, hidden), nn.Tanh(),
+                         nn.Conv2d(hidden, channels, 3, padding=1))
+
+
+def observe(block: ODEBlock, x: torch.Tensor) -> torch.Tensor:
+    """``[OBS, B, ...]``: the block's states at ``t = k/OBS``, k = 1..OBS (``t0 = 0, t1 = 1``).
+
+    The state after step n of an explicit Runge-Kutta method is the input of f's first stage of
+    step n + 1 (that stage is ``f(t_n, y_n)``), so a forward pre-hook on f reads it, with its
+    autograd graph under ``grad="backprop"``; the last one is the block's output. Raises if f was
+    not called ``steps x stages`` times (a block that evaluates f differently)."""
+    seen: list[torch.Tensor] = []
+    handle = block.f.register_forward_pre_hook(lambda _m, args: seen.append(args[-1]))
+    try:
+        out = block(x)
+    finally:
+        handle.remove()
+    stages, steps = block.tableau.stages, block.steps
+    if steps % OBS or len(seen) != steps * stages:
+        raise RuntimeError(f"observe: f was called {len(seen)} times, expected steps x stages = {steps} x {stages} "
+                           f"with steps a multiple of {OBS}")
+    per = steps // OBS
+    return torch.stack([seen[k * per * stages] for k in range(1, OBS)] + [out])
+
+
+def teacher_block(task: Task, gen: torch.Generator, frozen_at: Optional[float] = None) -> ODEBlock:
+    return ODEBlock(TeacherF(task, gen, frozen_at), steps=OBS * TEACHER_STEPS, method="rk4", grad="backprop")
+
+
+def student(family: str, task: Task, hidden: Optional[int] = None) -> ODEBlock:
+    """The ODE block of ``family`` (module docstring) with hidden width ``hidden`` (default task.hidden)."""
+    f = make_f(task.channels, task.hidden if hidden is None else hidden)
+    return ODEBlock(f, steps=task.student_steps, method="rk4", grad="backprop", evolution=FAMILIES[family])
 
 
 def count(module: nn.Module) -> int:
+    """Learned scalars (every parameter that requires grad)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def fit(block: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, lr: float) -> float:
-    """Adam with cosine decay on the full training set; returns the final train MSE."""
-    opt = torch.optim.Adam(block.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
-    for _ in range(iters):
-        opt.zero_grad(set_to_none=True)
-        loss = (block(x) - y).pow(2).mean()
-        loss.backward()
-        opt.step()
-        sched.step()
-    with torch.no_grad():
-        return (block(x) - y).pow(2).mean().item()
+def available(families: Sequence[str]) -> list[str]:
+    """The families whose evolution kind the library provides (static ones always)."""
+    return [f for f in families if FAMILIES[f] is None or FAMILIES[f] in EVOLUTION_KINDS]
 
 
-def static_hidden(hidden: int) -> int:
-    """Smallest static hidden width with at least the parameters of the ANODEV2 student."""
-    budget = count(Student(make_f(hidden), "rda"))
-    width = hidden
-    while count(Student(make_f(width), None)) < budget:
+def wide_hidden(task: Task, families: Sequence[str]) -> int:
+    """Smallest static hidden width with at least the parameters of every other family."""
+    budget = max(count(student(f, task)) for f in families if f != "anode_wide")
+    width = task.hidden
+    while count(student("anode", task, width)) < budget:
         width += 1
     return width
 
 
-def static_floor(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Lowest MSE any per-pixel autonomous (static-weight) flow can reach on targets ``y``.
-
-    ``x``: inputs ``[N, 1, 1, 1]``; ``y``: targets ``[2, N, 1, 1, 1]`` (``z(1/2)``, ``z(1)``). A scalar
-    autonomous trajectory is monotone, so ``(x, p1, p2)`` is non-decreasing or non-increasing;
-    the best such fit is the isotonic regression of ``(y1, y2)`` clipped at ``x`` (bounded
-    isotonic regression), in whichever direction is cheaper. Exact for the time-continuous
-    flow; the rk4 discretisation of a student is monotone to within its (small) step error.
-    """
-    x, y1, y2 = x.flatten().double(), y[0].flatten().double(), y[1].flatten().double()
-
-    def up_cost(a, b1, b2):  # min (p1-b1)^2 + (p2-b2)^2 s.t. a <= p1 <= p2
-        pooled = (b1 + b2) / 2
-        p1 = torch.where(b1 <= b2, b1, pooled).clamp(min=a)
-        p2 = torch.where(b1 <= b2, b2, pooled).clamp(min=a)
-        return (p1 - b1) ** 2 + (p2 - b2) ** 2
-
-    cost = torch.minimum(up_cost(x, y1, y2), up_cost(-x, -y1, -y2))
-    return (cost.sum() / (2 * cost.numel())).item()
+def mse(block: ODEBlock, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (observe(block, x) - y).pow(2).mean()
 
 
-def run_seed(seed: int, *, hidden: int = 4, n_train: int = 128, n_test: int = 128, iters: int = 600,
-             lr: float = 0.05) -> Outcome:
-    """Train both students on one seed's data; see the module docstring."""
-    start = time.perf_counter()
-    target_block = teacher()
-    gen = torch.Generator().manual_seed(seed)
-    x = 4 * torch.rand(n_train + n_test, 1, 1, 1, generator=gen) - 2  # pixels in [-2, 2]
+def fit(block: ODEBlock, x: torch.Tensor, y: torch.Tensor, iters: int, lr: float) -> float:
+    """Adam with cosine decay, full batch; returns the final train MSE (inf if it diverged)."""
+    opt = torch.optim.Adam(block.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    for _ in range(iters):
+        opt.zero_grad(set_to_none=True)
+        loss = mse(block, x, y)
+        if not torch.isfinite(loss):
+            return math.inf
+        loss.backward()
+        opt.step()
+        sched.step()
     with torch.no_grad():
-        y = target_block(x)
-        frozen = RDAEvolution("rda", target_block.mid.evolution.target_shapes)  # coefficients 0: static θ(0)
-        y_static = Student(target_block.mid.f, frozen)(x)
-    teacher_frozen = (y_static - y).pow(2).mean().item()
-    floor = static_floor(x[n_train:], y[:, n_train:])
-    xtr, ytr, xte, yte = x[:n_train], y[:, :n_train], x[n_train:], y[:, n_train:]
-    results = {}
-    for variant, width in (("anode", static_hidden(hidden)), ("anodev2", hidden)):
-        torch.manual_seed(seed)
-        block = Student(make_f(width), "rda" if variant == "anodev2" else None)
-        train = fit(block, xtr, ytr, iters, lr)
+        final = mse(block, x, y).item()
+    return final if math.isfinite(final) else math.inf
+
+
+def choose(val_by_lr: dict[float, float]) -> float:
+    """The learning rate with the lowest validation MSE (the smaller lr on a tie)."""
+    return min(sorted(val_by_lr), key=lambda lr: val_by_lr[lr])
+
+
+def make_data(task: Task, seed: int):
+    """(teacher block, x, targets) of one seed; x ``[N, C, S, S]``, targets ``[OBS, N, C, S, S]``."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = teacher_block(task, gen)
+    n = task.n_train + task.n_val + task.n_test
+    x = torch.randn(n, task.channels, task.size, task.size, generator=gen)
+    with torch.no_grad():
+        y = observe(teacher, x)
+    return teacher, x, y
+
+
+def references(task: Task, seed: int, teacher: ODEBlock, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Held-out MSE of "no motion" (z(t) = x) and of the teacher with its kernels frozen at K(0)."""
+    start = task.n_train + task.n_val
+    xte, yte = x[start:], y[:, start:]
+    frozen = ODEBlock(TeacherF(task, torch.Generator(), frozen_at=0.0), steps=OBS * TEACHER_STEPS, method="rk4",
+                      grad="backprop")
+    frozen.f.load_state_dict(teacher.f.state_dict())
+    with torch.no_grad():
+        return {"no_motion": (xte.unsqueeze(0) - yte).pow(2).mean().item(),
+                "teacher_frozen": (observe(frozen, xte) - yte).pow(2).mean().item()}
+
+
+def run_seed(seed: int, task: Task, families: Sequence[str], log=None) -> tuple[list[Fit], dict[str, float]]:
+    """Every family on one seed (module docstring); returns the fits and the references."""
+    teacher, x, y = make_data(task, seed)
+    a, b = task.n_train, task.n_train + task.n_val
+    xtr, ytr, xva, yva, xte, yte = x[:a], y[:, :a], x[a:b], y[:, a:b], x[b:], y[:, b:]
+    width = wide_hidden(task, families) if "anode_wide" in families else task.hidden
+    fits = []
+    for family in families:
+        start = time.process_time()
+        hidden = width if family == "anode_wide" else task.hidden
+        runs = {}
+        for lr in task.lrs:
+            torch.manual_seed(seed)  # the same initialisation of f for every lr
+            block = student(family, task, hidden)
+            train = fit(block, xtr, ytr, task.iters, lr)
+            with torch.no_grad():
+                val = mse(block, xva, yva).item() if math.isfinite(train) else math.inf
+            runs[lr] = (block, train, val if math.isfinite(val) else math.inf)
+        lr = choose({k: v[2] for k, v in runs.items()})
+        block, train, val = runs[lr]
         with torch.no_grad():
-            test = (block(xte) - yte).pow(2).mean().item()
-        results[variant] = (count(block), train, test)
-    return Outcome(seed, results["anode"][0], results["anodev2"][0], results["anode"][1], results["anode"][2],
-                   results["anodev2"][1], results["anodev2"][2], teacher_frozen, floor,
-                   time.perf_counter() - start)
+            test = mse(block, xte, yte).item()
+            test_off = None
+            evo = block.evolution
+            if evo is not None and not evo.is_static and getattr(evo, "off_meaning", None):
+                with evo.off():
+                    test_off = mse(block, xte, yte).item()
+        fits.append(Fit(family, seed, count(block), hidden, lr, train, val, test, test_off,
+                        {str(k): v[2] for k, v in runs.items()}, time.process_time() - start))
+        if log:
+            log(fits[-1])
+    return fits, references(task, seed, teacher, x, y)
+
+
+def geo_mean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def summarise(fits: Sequence[Fit]) -> list[dict]:
+    """Per family: params, chosen lrs, held-out MSE min / max / geo-mean, geo-mean of
+    MSE(anode) / MSE(family) over the seeds both ran, seeds where the family was best."""
+    seeds = sorted({f.seed for f in fits})
+    by = {(f.family, f.seed): f for f in fits}
+    best = {s: min((f for f in fits if f.seed == s), key=lambda f: f.test).family for s in seeds}
+    rows = []
+    for family in dict.fromkeys(f.family for f in fits):
+        mine = [f for f in fits if f.family == family]
+        tests = [f.test for f in mine]
+        ratios = [by[("anode", f.seed)].test / f.test for f in mine if ("anode", f.seed) in by]
+        offs = [f.test_off for f in mine if f.test_off is not None]
+        rows.append({"family": family, "params": mine[0].params, "hidden": mine[0].hidden,
+                     "lrs": [f.lr for f in mine], "min": min(tests), "max": max(tests), "geo_mean": geo_mean(tests),
+                     "ratio_anode": geo_mean(ratios) if ratios else None,
+                     "off_geo_mean": geo_mean(offs) if len(offs) == len(mine) else None,
+                     "best_in": sum(best[s] == family for s in seeds), "seeds": len(mine)})
+    return rows
+
+
+def format_summary(rows: Sequence[dict]) -> str:
+    lines = ["| family | params | hidden | lr chosen (per seed) | held-out MSE min | max | geo-mean "
+             "| anode / family (geo-mean) | evolution off (geo-mean) | best in seeds |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['ratio_anode']:.2f}" if r["ratio_anode"] is not None else "-"
+        off = f"{r['off_geo_mean']:.2e}" if r["off_geo_mean"] is not None else "-"
+        lrs = ", ".join(f"{lr:g}" for lr in r["lrs"])
+        lines.append(f"| {r['family']} | {r['params']} | {r['hidden']} | {lrs} | {r['min']:.2e} | {r['max']:.2e} "
+                     f"| {r['geo_mean']:.2e} | {ratio} | {off} | {r['best_in']}/{r['seeds']} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--iters", type=int, default=600, help="Adam steps per student (default 600)")
+    p.add_argument("--families", default=",".join(FAMILIES), help=f"subset of {','.join(FAMILIES)}")
+    p.add_argument("--iters", type=int, help=f"Adam steps per fit (default {Task.iters})")
+    p.add_argument("--lrs", help="comma-separated learning rates searched per family (default "
+                                 f"{','.join(f'{v:g}' for v in Task.lrs)})")
+    p.add_argument("--quick", action="store_true", help="toy sizes, 1 seed (seconds; the tests' setting)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", help="also write every fit, the references and the summary to this file")
     args = p.parse_args(argv)
+    task = QUICK if args.quick else Task()
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
+        seeds = [int(s) for s in ("0" if args.quick and args.seeds == "0,1,2" else args.seeds).split(",") if s]
+        lrs = tuple(float(v) for v in args.lrs.split(",") if v) if args.lrs else task.lrs
     except ValueError:
-        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if not seeds or args.iters < 1 or args.threads < 1:
-        p.error("need at least one seed, --iters >= 1 and --threads >= 1")
+        p.error("--seeds must be comma-separated integers and --lrs comma-separated numbers")
+    families = [f for f in args.families.split(",") if f]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        p.error(f"--families: unknown {bad}; allowed: {','.join(FAMILIES)}")
+    if not seeds or not lrs or min(lrs) <= 0 or args.threads < 1 or (args.iters is not None and args.iters < 1):
+        p.error("need at least one seed, learning rates > 0, --iters >= 1 and --threads >= 1")
+    task = Task(**{**asdict(task), "lrs": lrs, **({"iters": args.iters} if args.iters else {})})
+    missing = [f for f in families if f not in available(families)]
+    if missing:
+        print(f"note: the library has no evolution kind for {missing} (kinds: {EVOLUTION_KINDS}); skipped")
+    families = available(families)
     torch.set_num_threads(args.threads)
-    print(f"{'seed':>4}{'params anode':>14}{'params v2':>11}{'anode train':>13}{'anode test':>12}"
-          f"{'v2 train':>10}{'v2 test':>10}{'test ratio':>11}{'static floor':>13}{'frozen':>9}{'s':>6}")
-    outs = []
+    print(f"task: {task}")
+    print(f"{'seed':>4} {'family':<11}{'params':>7}{'hidden':>7}{'lr':>8}{'train':>10}{'val':>10}{'test':>10}"
+          f"{'test off':>10}{'cpu s':>7}", flush=True)
+
+    def log(f: Fit) -> None:
+        off = f"{f.test_off:>10.2e}" if f.test_off is not None else f"{'-':>10}"
+        print(f"{f.seed:>4} {f.family:<11}{f.params:>7}{f.hidden:>7}{f.lr:>8g}{f.train:>10.2e}{f.val:>10.2e}"
+              f"{f.test:>10.2e}{off}{f.seconds:>7.1f}", flush=True)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    fits, refs = [], {}
     for seed in seeds:
-        o = run_seed(seed, iters=args.iters)
-        outs.append(o)
-        print(f"{o.seed:>4}{o.params_anode:>14}{o.params_anodev2:>11}{o.anode_train:>13.2e}{o.anode_test:>12.2e}"
-              f"{o.anodev2_train:>10.2e}{o.anodev2_test:>10.2e}{o.anode_test / o.anodev2_test:>11.1f}"
-              f"{o.static_floor:>13.2e}{o.teacher_frozen:>9.2e}{o.seconds:>6.1f}")
-    ratios = [o.anode_test / o.anodev2_test for o in outs]
-    geo = math.exp(statistics.fmean(math.log(r) for r in ratios))
-    print(f"held-out MSE ratio anode / anodev2: min {min(ratios):.1f}, geometric mean {geo:.1f} over {len(outs)} seed(s)")
-    print("static floor = lowest held-out MSE any static-weight (autonomous) per-pixel flow can reach")
-    print("frozen = MSE of the teacher's own f with its evolution switched off (how far from static the target is)")
+        seed_fits, refs[seed] = run_seed(seed, task, families, log)
+        fits += seed_fits
+        print(f"{seed:>4} references: no motion {refs[seed]['no_motion']:.2e}, "
+              f"teacher frozen at K(0) {refs[seed]['teacher_frozen']:.2e}", flush=True)
+    rows = summarise(fits)
+    print()
+    print(format_summary(rows))
+    wall, used = time.perf_counter() - start, time.process_time() - cpu
+    print(f"\n{len(seeds)} seed(s), {len(families)} families x {len(task.lrs)} learning rates, {task.iters} Adam "
+          f"steps each: {wall:.0f} s wall, {used:.0f} s CPU")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"task": asdict(task), "fits": [asdict(f) for f in fits], "references": refs,
+                       "summary": rows, "wall_s": wall, "cpu_s": used}, fh, indent=1)
     return 0
 
 

@@ -2,7 +2,9 @@
 task, and the report on a trained run (tests the scripts and the claims at toy scale)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,59 +13,150 @@ import pytest
 import torch
 from helpers import TINY, cli_env, run_cli
 
+from anodev2 import ODEBlock
+from anodev2.evolution import build_evolution
 from anodev2.training.run_files import load_checkpoint
 from experiments import evolution_capability, recover_evolution
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SMALL = dict(channels=2, size=5, batch=4, iters=60)  # the experiment at toy scale (~1-3 s per kind)
+IDENTIFIABLE = ("diffusion", "advection", "reaction")  # coefficients determined by the teacher's outputs
 
 
-@pytest.mark.parametrize("kind", recover_evolution.RDA_KINDS)
-def test_recovery_of_known_coefficients(kind):
+@pytest.mark.parametrize("kind", recover_evolution.KINDS)
+def test_recovery_with_adam_alone(kind):
+    """Plain Adam from the zero initial coefficients (no sign search, no second-order step) makes
+    the student's weight trajectory θ(t) match the teacher's for every ODE kind, and recovers every
+    coefficient for the kinds whose coefficients the outputs determine. rda and generator do not
+    pass the coefficient criterion at this scale: rda has a first-order null direction
+    (test_rda_has_a_first_order_null_direction), and a generator's 81 coefficients per output
+    channel act on only 2 input slices here (not identifiable from the data)."""
     torch.set_num_threads(1)
-    r = recover_evolution.recover(kind, **SMALL)
-    assert r.passed, r
-    assert r.coefficients == 2 * 2 * len(recover_evolution.build_evolution(kind, {"w": (2, 2, 3, 3)}).terms)
-    assert r.max_abs_error < recover_evolution.ABS_TOL and r.final_loss <= recover_evolution.LOSS_TOL
-    if kind == "advection":  # at this seed the fit passes only after leaving a wrong-sign branch
-        assert r.reflections >= 1
+    r = recover_evolution.recover(kind, recover_evolution.QUICK)
+    assert r.trajectory_error < 0.05, r
+    if kind in IDENTIFIABLE:
+        assert r.passed and r.max_abs_error < recover_evolution.ABS_TOL, r
+    else:  # when this starts passing, the operator became identifiable: move the kind to IDENTIFIABLE
+        assert not r.passed, r
 
 
-def test_advection_recovery_needs_the_sign_reflection():
-    """Without reflections the advection fit stops on the wrong side of the kink of |a| (a local
-    minimum with a positive loss); with them it passes (test_recovery_of_known_coefficients)."""
-    torch.set_num_threads(1)
-    r = recover_evolution.recover("advection", flips=0, **SMALL)
-    assert not r.passed and r.final_loss > recover_evolution.LOSS_TOL and r.reflections == 0
+def test_recovery_starts_from_zero_and_the_criterion_can_fail():
+    """Without Adam steps the student keeps its initial coefficients, exactly 0: every relative
+    error is exactly 1 and the recovery fails."""
+    r = recover_evolution.recover("diffusion", dataclasses.replace(recover_evolution.QUICK, adam_steps=0))
+    assert not r.passed and r.max_rel_error == 1.0 and r.steps == 0
 
 
-def test_recovery_detects_a_wrong_answer():
-    """The criterion can fail: a student that cannot learn (one iteration, no reflections) does not pass."""
-    r = recover_evolution.recover("reaction", channels=2, size=5, batch=4, iters=1, adam_steps=0, flips=0)
-    assert not r.passed and r.max_abs_error > recover_evolution.ABS_TOL
+def test_rda_has_a_first_order_null_direction():
+    """With outflow walls the Neumann Laplacian is ΣU_dir + diag(walls), so (D + δ, speeds − δ,
+    reaction − δ·walls) changes q only at O(w³) (r ⊙ tanh w ≈ r ⊙ w): why rda's coefficients are
+    not recovered. A random direction of the same size changes q at first order."""
+    torch.manual_seed(0)
+    evo = build_evolution("rda", {"w": (3, 2, 3, 3)}).double()
+    w = 1e-2 * torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    base = {k: 0.5 * v + 0.05 for k, v in evo.coefficients().items()}  # inside every bound
+    evo.set_coefficients(base)
+    q0 = evo(torch.tensor(0.0), (w,))[0]
+    walls = torch.tensor([[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 2.0]], dtype=torch.float64)
+    d = 0.01
+    null = {k: v + (d if k.endswith("diffusion") else -d * walls if k.endswith("reaction") else -d)
+            for k, v in base.items()}
+    evo.set_coefficients(null)
+    change_null = (evo(torch.tensor(0.0), (w,))[0] - q0).norm() / q0.norm()
+    gen = torch.Generator().manual_seed(1)
+    other = {k: v + d * torch.sign(torch.randn(v.shape, generator=gen, dtype=torch.float64)) for k, v in base.items()}
+    evo.set_coefficients(other)
+    change_other = (evo(torch.tensor(0.0), (w,))[0] - q0).norm() / q0.norm()
+    assert change_null < 1e-4 * change_other and change_other > 1e-2
 
 
-def test_capability_task_needs_time_varying_weights():
-    """The gap at toy scale: the teacher *is* an ANODEV2 student (MSE 0), every static-weight
-    student is above a clearly positive floor, and a briefly trained static student stays there."""
+TASK = evolution_capability.QUICK
+
+
+def test_observe_reads_the_states_at_the_observed_times():
+    """observe() = the outputs of separate blocks on [0, k/3] with the same step (float64; ode-style
+    and static), and refuses a block whose step count does not divide into the observed times."""
+    ec = evolution_capability
+    torch.manual_seed(0)
+    x = torch.randn(3, TASK.channels, TASK.size, TASK.size, dtype=torch.float64)
+    for family in ("anode", "rda"):
+        block = ec.student(family, TASK).double()
+        if family == "rda":
+            block.evolution.set_coefficients({k: 0.05 for k in block.evolution.coefficients()})
+        got = ec.observe(block, x)
+        for k in range(1, ec.OBS + 1):
+            part = ODEBlock(block.f, steps=k * TASK.student_steps // ec.OBS, method="rk4", grad="backprop",
+                            evolution=block.evolution, t1=k / ec.OBS).double()
+            assert torch.allclose(got[k - 1], part(x), rtol=1e-12, atol=1e-12), (family, k)
+        assert (got[1] - got[0]).abs().max() > 1e-3  # the three states differ
+    with pytest.raises(RuntimeError, match="called 4 times"):
+        ec.observe(ODEBlock(ec.make_f(TASK.channels, TASK.hidden), steps=1, method="rk4"), x.float())
+
+
+def test_teacher_rotates_and_its_targets_are_converged():
+    """K(t) turns once over [0, 1] (K(1) = K(0), K(1/2) far from K(0), the blob's brightest cell
+    moves), and the rk4 targets (8 steps per third) agree with 16 steps per third to 1e-4 of the motion."""
+    ec = evolution_capability
+    f = ec.TeacherF(TASK, torch.Generator().manual_seed(0))
+    k0, k_half, k1 = f.kernels(0.0), f.kernels(0.5), f.kernels(1.0)
+    assert torch.allclose(k0, k1, atol=1e-6) and (k_half - k0).abs().max() > 0.3
+    assert not torch.equal(k0[0, 0].abs().flatten().argmax(), k_half[0, 0].abs().flatten().argmax())
+    x = torch.randn(4, TASK.channels, TASK.size, TASK.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y8 = ec.observe(ODEBlock(f, steps=ec.OBS * 8, method="rk4", grad="backprop"), x)
+        y16 = ec.observe(ODEBlock(f, steps=ec.OBS * 16, method="rk4", grad="backprop"), x)
+    motion = (y16 - x).abs().max()
+    assert motion > 0.1 and (y8 - y16).abs().max() < 1e-4 * motion  # measured 5e-5 (float32)
+
+
+def test_capability_parameter_counts():
+    """The table's parameter counts are the families' closed forms (C = 2 channels, H = 4 hidden,
+    3x3 kernels, 3 solver steps)."""
+    ec = evolution_capability
+    c, h = TASK.channels, TASK.hidden
+    weights = h * c * 9 + c * h * 9  # the two conv weights (every conv weight of f evolves)
+    static = weights + h + c + 2 * h  # + conv biases + GroupNorm affine
+    outs = h + c  # output channels of the two targets
+    expected = {"anode": static, "rda": static + outs * (1 + 4 + 9), "generator": static + outs * (36 + 36 + 9),
+                "linear": static + weights, "galerkin": static + 2 * weights, "untied": static + 2 * weights,
+                "time_input": static + (h + c) * 9}
+    assert {f: ec.count(ec.student(f, TASK)) for f in expected} == expected
+    width = ec.wide_hidden(TASK, list(ec.FAMILIES))
+    assert ec.count(ec.student("anode", TASK, width)) >= max(expected.values())
+    assert ec.count(ec.student("anode", TASK, width - 1)) < max(expected.values())
+
+
+def test_capability_lr_choice_and_summary():
+    ec = evolution_capability
+    assert ec.choose({0.01: 2.0, 0.03: 1.0, 0.1: math.inf}) == 0.03
+    assert ec.choose({0.1: 1.0, 0.01: 1.0}) == 0.01  # tie: the smaller lr
+    fits = [ec.Fit("anode", s, 10, 4, 0.01, 0, 0, t, None) for s, t in ((0, 4.0), (1, 1.0))]
+    fits += [ec.Fit("linear", s, 20, 4, 0.03, 0, 0, t, 8.0) for s, t in ((0, 1.0), (1, 2.0))]
+    rows = {r["family"]: r for r in ec.summarise(fits)}
+    assert rows["anode"]["geo_mean"] == pytest.approx(2.0) and rows["anode"]["ratio_anode"] == pytest.approx(1.0)
+    assert rows["linear"]["geo_mean"] == pytest.approx(math.sqrt(2.0))
+    assert rows["linear"]["ratio_anode"] == pytest.approx(math.sqrt(4.0 * 0.5))  # geo-mean of 4/1 and 1/2
+    assert (rows["linear"]["min"], rows["linear"]["max"]) == (1.0, 2.0)
+    assert rows["linear"]["off_geo_mean"] == pytest.approx(8.0) and rows["anode"]["off_geo_mean"] is None
+    assert (rows["anode"]["best_in"], rows["linear"]["best_in"]) == (1, 1)
+    assert "| linear | 20 | 4 | 0.03, 0.03 | 1.00e+00 | 2.00e+00 | 1.41e+00 | 1.41 | 8.00e+00 | 1/2 |" \
+        in ec.format_summary(list(rows.values()))
+
+
+def test_capability_quick_run(tmp_path, capsys):
+    """--quick end to end: every family once, the chosen lr is the one with the lowest validation
+    MSE, held-out MSE finite, evolution-off reported for every family that has a switch."""
     torch.set_num_threads(1)
     ec = evolution_capability
-    x = 4 * torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0)) - 2
-    teacher = ec.teacher()
-    with torch.no_grad():
-        y = teacher(x)
-    floor = ec.static_floor(x, y)
-    assert floor > 1e-3
-    # monotone targets have floor 0 (the floor is not positive by construction)
-    assert ec.static_floor(x, torch.stack([x, x]) * torch.tensor([0.5, 0.25]).view(2, 1, 1, 1, 1)) == 0.0
-    torch.manual_seed(0)
-    static = ec.Student(ec.make_f(ec.static_hidden(2)), None)
-    ec.fit(static, x, y, 60, 0.05)
-    with torch.no_grad():
-        assert (static(x) - y).pow(2).mean().item() > 0.9 * floor
-    assert ec.count(static) >= ec.count(teacher)
+    assert ec.main(["--quick", "--json", str(tmp_path / "cap.json")]) == 0
+    out = json.loads((tmp_path / "cap.json").read_text())
+    fits = {f["family"]: f for f in out["fits"]}
+    assert list(fits) == list(ec.FAMILIES) and len(out["fits"]) == len(ec.FAMILIES)
+    for family, f in fits.items():
+        assert f["lr"] in ec.QUICK.lrs and min(f["val_by_lr"].values()) == f["val_by_lr"][str(f["lr"])]
+        assert math.isfinite(f["test"]) and (f["test_off"] is None) == (ec.FAMILIES[family] is None), family
+    assert out["references"]["0"]["no_motion"] > 0 and "| family | params |" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
