@@ -9,17 +9,18 @@ integrated at all.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import weakref
 import numbers
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .adjoint import Grad, GradMode, get_grad_mode
+from .adjoint import Backprop, Grad, GradMode, get_grad_mode
 from .adjoint.registry import reject_loose_options
 from .evolution import EVOLUTION_KINDS, EVOLUTIONS, WeightEvolution, build_evolution, check_evolution_options
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
@@ -167,22 +168,67 @@ def _takes_time(f: nn.Module) -> bool:
 
 
 class CoupledField(nn.Module):
-    """The joint vector field ``F(t, (z, θ)) = (f(z; θ), q(θ))`` integrated by an ODEBlock."""
+    """The vector field an ODEBlock integrates, by the evolution's ``style``:
+
+    * ``"ode"``: the joint field ``F(t, (z, θ)) = (f(z; θ), q(θ))`` (θ in the state, ``names``);
+    * ``"explicit"``: ``F(t, z) = f(z; θ(t))`` with ``θ(t) = evolution.weights_at_time(t, θ0, piece)``
+      evaluated at every stage time (nothing but z in the state; ``scheduled`` names the θ);
+    * ``"time_input"``: ``F(t, z) = f(z)`` with the hooked convs seeing t as an extra channel;
+    * static / no evolution: ``F(t, z) = f(z)``.
+
+    While ``recording`` is a list, every evaluation appends ``(t, θ seen by f)`` (detached).
+    """
 
     def __init__(self, f: nn.Module, evolution: Optional[WeightEvolution], time_input: bool) -> None:
         super().__init__()
         self.f = f
         self.evolution = evolution
         self.time_input = time_input
-        self.names: tuple[str, ...] = () if evolution is None or evolution.is_static else tuple(evolution.targets)
+        self.style = "static" if evolution is None or evolution.is_static else evolution.style
+        targets = () if evolution is None else tuple(evolution.targets)
+        self.names: tuple[str, ...] = targets if self.style == "ode" else ()
+        self.scheduled: tuple[str, ...] = targets if self.style == "explicit" else ()
+        #: the weights f sees change in time (every style but static)
+        self.evolving: tuple[str, ...] = () if self.style == "static" else targets
+        self.recording: Optional[list] = None
 
-    def forward(self, t: Tensor, state):
+    def _record(self, t: Tensor, thetas) -> None:
+        if self.recording is not None:
+            self.recording.append((t.detach(), tuple(w.detach() for w in thetas)))
+
+    def forward(self, t: Tensor, state, piece: Optional[int] = None):
+        if self.style == "explicit":
+            base = tuple(self.f.get_parameter(n) for n in self.scheduled)
+            thetas = self.evolution.weights_at_time(t, base, piece)
+            self._record(t, thetas)
+            args = (t, state) if self.time_input else (state,)
+            return _call_with_weights(self.f, self.scheduled, thetas, args)
+        if self.style == "time_input":
+            if self.recording is not None:
+                with torch.no_grad():
+                    self._record(t, self.evolution.weights_at_time(
+                        t, tuple(self.f.get_parameter(n) for n in self.evolution.targets)))
+            with self.evolution.at_time(t):
+                return self.f(t, state) if self.time_input else self.f(state)
         if not self.names:
             return self.f(t, state) if self.time_input else self.f(state)
         z, thetas = state[0], tuple(state[1:])
+        self._record(t, thetas)
         args = (t, z) if self.time_input else (z,)
         dz = _call_with_weights(self.f, self.names, thetas, args)
         return (dz, *self.evolution(t, thetas))
+
+
+class _PieceField(nn.Module):
+    """``field`` restricted to piece ``k`` of a piecewise-constant (untied) schedule."""
+
+    def __init__(self, field: CoupledField, piece: int) -> None:
+        super().__init__()
+        self.field = field
+        self.piece = piece
+
+    def forward(self, t: Tensor, state):
+        return self.field(t, state, piece=self.piece)
 
 
 class ODEBlock(nn.Module):
@@ -234,7 +280,7 @@ class ODEBlock(nn.Module):
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         self.tableau: ButcherTableau = get_tableau(method)
         self.grad_mode: GradMode = get_grad_mode(grad, default_mode=DEFAULT_GRAD.name)
-        evo = self._make_evolution(f, evolution)
+        evo = self._make_evolution(f, evolution, t0=float(t0), t1=float(t1), steps=int(steps))
         # f and the evolution are the block's own submodules (state-dict keys "f.*", "evolution.*",
         # as for a discrete residual block); the joint vector field refers to them without
         # registering them a second time.
@@ -252,7 +298,7 @@ class ODEBlock(nn.Module):
         return self.tableau.name
 
     @staticmethod
-    def _make_evolution(f, evolution) -> Optional[WeightEvolution]:
+    def _make_evolution(f, evolution, *, t0: float = 0.0, t1: float = 1.0, steps: int = 1) -> Optional[WeightEvolution]:
         params = dict(f.named_parameters())
         if not isinstance(evolution, WeightEvolution):
             spec = resolve_evolution(evolution)
@@ -260,7 +306,14 @@ class ODEBlock(nn.Module):
                 return None
             kind, targets = spec.pop("kind"), spec.pop("targets", None)
             names = _select_targets(f, targets)
-            return build_evolution(kind, {n: params[n].shape for n in names}, **spec)
+            evo = build_evolution(kind, {n: params[n].shape for n in names}, t0=t0, t1=t1, steps=steps, **spec)
+            evo.check_span(t0, t1, steps)
+            if evo.style == "time_input":
+                evo.attach(f)
+            return evo
+        evolution.check_span(t0, t1, steps)
+        if evolution.style == "time_input":
+            evolution.attach(f)
         for n in evolution.targets:
             if n not in params:
                 raise ValueError(f"evolution target {n!r} is not a parameter of f; parameters: {sorted(params)}")
@@ -277,13 +330,29 @@ class ODEBlock(nn.Module):
 
     @property
     def evolving_names(self) -> tuple[str, ...]:
-        """Names (relative to f) of the weights that evolve in time (empty for static q)."""
-        return self.field.names
+        """Names (relative to f) of the weights that vary in time (empty for static q; for
+        time_input the convs that see t)."""
+        return self.field.evolving
+
+    @contextlib.contextmanager
+    def evolution_off(self) -> Iterator["ODEBlock"]:
+        """Within the context the evolution is switched off (``evolution.off_meaning`` says what
+        that means for the kind). Raises ValueError for no evolution or a kind without a switch."""
+        if self.evolution is None:
+            raise ValueError("evolution_off(): this block has no evolution")
+        with self.evolution.off():
+            yield self
+
+    def _solve_params(self) -> Union[list[Tensor], tuple[()]]:
+        """The ``params`` handed to odeint: none for Backprop (autograd reaches every tensor f
+        uses through the unrolled loop, so odeint never reads them; listing f's parameters
+        walks the module tree on every forward), else :meth:`_static_params`."""
+        return () if isinstance(self.grad_mode, Backprop) else self._static_params()
 
     def _static_params(self) -> list[Tensor]:
         names = set(self.field.names)
         own = [p for n, p in self.f.named_parameters() if n not in names]
-        evo = list(self.evolution.parameters()) if self.field.names else []
+        evo = list(self.evolution.parameters()) if self.field.style != "static" else []
         return own + evo
 
     # --- forward ---------------------------------------------------------------------
@@ -297,19 +366,73 @@ class ODEBlock(nn.Module):
             y0 = (z, *(params[n] for n in names))
         else:
             y0 = z
-        out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
-                     params=self._static_params(), stats=self.last_stats, callback=callback)
+        self.field.recording = [] if self.record_weights and self.field.evolving else None
+        try:
+            pieces = self.evolution.pieces if self.field.style == "explicit" else None
+            if pieces is not None and pieces > 1:
+                out = self._solve_pieces(y0, pieces)
+            else:
+                out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau,
+                             grad=self.grad_mode, params=self._solve_params(), stats=self.last_stats,
+                             callback=callback)
+        finally:
+            self._evaluations, self.field.recording = self.field.recording or [], None
         return out[0] if names else out
 
-    def weights_at(self) -> dict[str, list[Tensor]]:
-        """θ(t_0), ..., θ(t_Nt) of the last forward for each evolving weight (Nt + 1 detached
-        tensors; θ(t_0) = the parameter). A static evolution gives θ0 at every t_n; no
-        evolution gives ``{}``."""
+    def _solve_pieces(self, z: Tensor, pieces: int) -> Tensor:
+        """Piecewise-constant (untied) weights: one solve of ``steps / pieces`` steps per piece, so
+        every RK stage of a step -- the one at the step's end time included -- uses that step's
+        piece. ``last_stats`` then describes the last piece's solve."""
+        per, span = self.steps // pieces, self.t1 - self.t0
+        params = self._solve_params()
+        for k in range(pieces):
+            ta, tb = self.t0 + span * k / pieces, self.t0 + span * (k + 1) / pieces
+            z = odeint(_PieceField(self.field, k), z, ta, tb, steps=per, method=self.tableau, grad=self.grad_mode,
+                       params=params, stats=self.last_stats)
+        return z
+
+    def evaluation_times(self) -> list[float]:
+        """The times at which f was evaluated in the last forward (every RK stage, in order;
+        e.g. euler x 3 on [0, 1]: 0, 1/3, 2/3 -- f never sees θ(t1))."""
+        return [float(t) for t, _ in getattr(self, "_evaluations", [])]
+
+    def weights_at(self, at: str = "steps") -> dict[str, list[Tensor]]:
+        """The weights f uses, per evolving weight, as detached tensors.
+
+        ``at="steps"`` (default): θ(t_0), ..., θ(t_Nt) at the step times (Nt + 1 tensors; θ(t_0) =
+        the parameter). Ode kinds: the integrated θ of the last forward; explicit kinds: θ(t_n)
+        evaluated directly (untied: the piece starting at t_n, the last piece at t_Nt);
+        time_input: the effective kernel ``[W, t_n·V]``; static: θ0 at every t_n; no evolution: ``{}``.
+        ``at="evaluations"``: θ at every evaluation of f in the last forward (the times are
+        :meth:`evaluation_times`): exactly what f saw.
+        """
+        if at not in ("steps", "evaluations"):
+            raise ValueError(f"at={at!r} is not allowed; allowed: steps | evaluations")
         if self.evolution is None:
             return {}
         params = dict(self.f.named_parameters())
-        if not self.field.names:
+        style = self.field.style
+        if at == "evaluations":
+            if style == "static":
+                return {n: [params[n].detach()] * len(self.evaluation_times()) for n in self.evolution.targets}
+            found = getattr(self, "_evaluations", [])
+            if not found:
+                raise RuntimeError("weights_at('evaluations') needs a forward pass first (with record_weights=True)")
+            return {n: [th[i] for _, th in found] for i, n in enumerate(self.evolution.targets)}
+        if style == "static":
             return {n: [params[n].detach()] * (self.steps + 1) for n in self.evolution.targets}
+        if style in ("explicit", "time_input"):
+            base = tuple(params[n] for n in self.evolution.targets)
+            pieces = getattr(self.evolution, "pieces", None)
+            out: dict[str, list[Tensor]] = {n: [] for n in self.evolution.targets}
+            with torch.no_grad():
+                for n in range(self.steps + 1):
+                    t = self.t0 + (self.t1 - self.t0) * n / self.steps
+                    piece = None if pieces is None else min(n * pieces // self.steps, pieces - 1)
+                    for name, w in zip(self.evolution.targets,
+                                       self.evolution.weights_at_time(torch.tensor(t, dtype=torch.float64), base, piece)):
+                        out[name].append(w.detach())
+            return out
         if not self._trajectory:
             raise RuntimeError("weights_at() needs a forward pass first (with record_weights=True)")
         return {n: [step[i] for step in self._trajectory] for i, n in enumerate(self.field.names)}
