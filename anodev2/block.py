@@ -40,6 +40,8 @@ def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args):
     target is swapped in its module's ``_parameters`` and put back afterwards, even on error.
     Targets that are tied to another name (one Parameter under two names) or not plain entries of
     ``_parameters`` (a parametrization) go through ``functional_call`` itself."""
+    if torch.compiler.is_compiling():  # dynamo traces functional_call; not a swap of _parameters
+        return functional_call(f, dict(zip(names, thetas)), args, strict=False)
     slots = []
     for name in names:
         module, _, attr = name.rpartition(".")
@@ -61,6 +63,14 @@ def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args):
     finally:
         for (d, a), o in zip(slots, old):
             d[a] = o
+
+
+@torch.compiler.disable
+def _solve_outside_dynamo(block: "ODEBlock", y0, callback):
+    """An adjoint-mode solve called from a dynamo-traced network: run eagerly (a graph break),
+    through the block's compiled field if it has one."""
+    compiled = block.__dict__.get("_compiled_field")
+    return block._odeint(block.field if compiled is None else compiled, y0, callback)
 
 
 _TIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -204,11 +214,9 @@ class CoupledField(nn.Module):
             args = (t, state) if self.time_input else (state,)
             return _call_with_weights(self.f, self.scheduled, thetas, args)
         if self.style == "time_input":
-            if self.recording is not None:
-                with torch.no_grad():
-                    self._record(t, self.evolution.weights_at_time(
-                        t, tuple(self.f.get_parameter(n) for n in self.evolution.targets)))
             with self.evolution.at_time(t):
+                if self.recording is not None:  # θ does not change; weights_at() builds [W, t·V] when asked
+                    self.recording.append((self.evolution._t.detach(), None))  # the time the convs see
                 return self.f(t, state) if self.time_input else self.f(state)
         if not self.names:
             return self.f(t, state) if self.time_input else self.f(state)
@@ -372,12 +380,40 @@ class ODEBlock(nn.Module):
             if pieces is not None and pieces > 1:
                 out = self._solve_pieces(y0, pieces)
             else:
-                out = odeint(self.field, y0, self.t0, self.t1, steps=self.steps, method=self.tableau,
-                             grad=self.grad_mode, params=self._solve_params(), stats=self.last_stats,
-                             callback=callback)
+                out = self._solve(y0, callback)
         finally:
             self._evaluations, self.field.recording = self.field.recording or [], None
         return out[0] if names else out
+
+    def _solve(self, y0, callback):
+        """One solve of the block. Under ``torch.compile`` (:func:`anodev2.compile`): Backprop is
+        traced like any layer (the solver loop unrolls into the network's graph); an adjoint mode
+        is a custom autograd Function whose backward re-runs f from Python, so dynamo does not
+        trace it (one graph break at the block) and f runs through the block's compiled vector
+        field in the forward pass, the recomputation and the reversal alike."""
+        if torch.compiler.is_compiling():
+            if isinstance(self.grad_mode, Backprop):
+                return self._odeint(self.field, y0, callback)
+            return _solve_outside_dynamo(self, y0, callback)
+        compiled = self.__dict__.get("_compiled_field")
+        return self._odeint(self.field if compiled is None else compiled, y0, callback)
+
+    def _odeint(self, func, y0, callback):
+        return odeint(func, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
+                      params=self._solve_params(), stats=self.last_stats, callback=callback)
+
+    def compile_field(self, **options) -> "ODEBlock":
+        """Compile the block's vector field with ``torch.compile(field, **options)`` (the joint field
+        of f and the evolution), used by every evaluation of f outside a dynamo trace: the forward
+        pass, and the recomputed and reversed steps of the adjoint modes, which ``torch.compile``
+        of the network cannot reach (they run in backward). ``options=None``-free; call
+        :meth:`uncompile_field` to go back to eager. Returns the block."""
+        object.__setattr__(self, "_compiled_field", torch.compile(self.field, **options))
+        return self
+
+    def uncompile_field(self) -> "ODEBlock":
+        self.__dict__.pop("_compiled_field", None)
+        return self
 
     def _solve_pieces(self, z: Tensor, pieces: int) -> Tensor:
         """Piecewise-constant (untied) weights: one solve of ``steps / pieces`` steps per piece, so
@@ -418,7 +454,11 @@ class ODEBlock(nn.Module):
             found = getattr(self, "_evaluations", [])
             if not found:
                 raise RuntimeError("weights_at('evaluations') needs a forward pass first (with record_weights=True)")
-            return {n: [th[i] for _, th in found] for i, n in enumerate(self.evolution.targets)}
+            if style == "time_input":
+                base = tuple(params[n] for n in self.evolution.targets)
+                with torch.no_grad():
+                    found = [(t, self.evolution.weights_at_time(t, base)) for t, _ in found]
+            return {n: [th[i].detach() for _, th in found] for i, n in enumerate(self.evolution.targets)}
         if style == "static":
             return {n: [params[n].detach()] * (self.steps + 1) for n in self.evolution.targets}
         if style in ("explicit", "time_input"):
