@@ -36,7 +36,7 @@ from . import distributed as distmod
 from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import ArrayDataset, BatchLoader, default_root, load_datasets
 from .datasets import dataset_info
-from .limits import check_model_memory
+from .limits import check_evolution_targets, check_model_memory
 from .resume_guard import check_checkpoint
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress, run_eta
@@ -226,6 +226,7 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> RunCont
     in_channels = dataset_info(cfg.data.name).channels
     check_model_memory(cfg, device)  # before anything is allocated (model.width=100000)
     model = build_model(cfg).to(device)
+    check_evolution_targets(cfg, model)
     train_set, test_set = _load_data(cfg, info)
     if train_set.in_channels != in_channels:
         raise ConfigError(f"data set has {train_set.in_channels} channels, unexpected for {cfg.data.name}")
