@@ -6,9 +6,10 @@ user-defined methods; subpackages ``solvers``, ``adjoint``, ``evolution``, ``mod
 """
 from .adjoint import Backprop, Backsolve, Checkpoint
 from .block import ODEBlock
+from .compiling import compile
 from .odeint import odeint
 from .solvers import ButcherTableau
 from .stats import SolveStats
 
-__all__ = ["odeint", "ODEBlock", "SolveStats", "Backprop", "Checkpoint", "Backsolve", "ButcherTableau"]
+__all__ = ["odeint", "ODEBlock", "compile", "SolveStats", "Backprop", "Checkpoint", "Backsolve", "ButcherTableau"]
 __version__ = "0.2.0"
