@@ -15,10 +15,11 @@ and the time dependence sits *inside* the normalised nonlinearity (so not a ``t`
 **Targets**: the teacher's states at ``t = 1/3, 2/3, 1`` (rk4, 8 steps per third) from random
 inputs ``x ~ N(0, 1)``; a student is scored on all three. **Students**: one ODE block
 ``dz/dt = f(z; θ(t))`` with ``f = conv3x3(C -> H) -> GroupNorm(1, H) -> tanh -> conv3x3(H -> C)``
-(the teacher's architecture, every weight learned from PyTorch's default initialisation), rk4
-with 3 steps (``h = 1/3``: f is evaluated at t = 0, 1/6, 1/3, ..., 1, and ``z(k/3)`` is the state
-after step k, read as the input of f's first stage of step k+1), gradient ``backprop``; one per
-family of ``anodev2.evolution`` (its default options, every conv weight of f evolving):
+(the teacher's architecture, every weight learned from PyTorch's default initialisation), the
+midpoint method (rk2) with 3 steps (``h = 1/3``: f is evaluated at t = 0, 1/6, 1/3, ..., 5/6, six
+distinct times, and ``z(k/3)`` is the state after step k, read as the input of f's first stage of
+step k+1), gradient ``backprop``; one per family of ``anodev2.evolution`` (its default options,
+every conv weight of f evolving):
 
 * ``anode`` - static weights (the ANODE block);  ``anode_wide`` - static, hidden width chosen so
   that it has at least as many parameters as the largest family (more parameters alone);
@@ -38,7 +39,9 @@ floor of the earlier per-pixel task relied on scalar autonomous flows being mono
 multi-channel image flow has no such constraint): the ``anode``/``anode_wide`` rows are the
 static reference.
 
-    python experiments/evolution_capability.py                 # 3 seeds, ~15 min CPU on one core
+    python experiments/evolution_capability.py                 # 3 seeds, ~5 min CPU on one core
+    python experiments/evolution_capability.py --seeds 1 --json s1.json   # one seed (run seeds in parallel) ...
+    python experiments/evolution_capability.py --merge s0.json s1.json s2.json   # ... and the summary of all
     python experiments/evolution_capability.py --quick         # seconds (what the tests run)
     python experiments/evolution_capability.py --families anode,rda --seeds 0 --json out.json
 """
@@ -78,9 +81,10 @@ class Task:
     n_train: int = 64
     n_val: int = 32
     n_test: int = 64
-    iters: int = 400
+    iters: int = 300
     lrs: tuple[float, ...] = (1e-2, 3e-2, 1e-1)
-    student_steps: int = 3  #: rk4 steps of every student on [0, 1] (a multiple of OBS)
+    student_steps: int = 3  #: solver steps of every student on [0, 1] (a multiple of OBS)
+    method: str = "midpoint"  #: the students' solver
     omega: float = 2 * math.pi
     rho: float = 0.8
     sigma: float = 0.6
@@ -173,7 +177,8 @@ def teacher_block(task: Task, gen: torch.Generator, frozen_at: Optional[float] =
 def student(family: str, task: Task, hidden: Optional[int] = None) -> ODEBlock:
     """The ODE block of ``family`` (module docstring) with hidden width ``hidden`` (default task.hidden)."""
     f = make_f(task.channels, task.hidden if hidden is None else hidden)
-    return ODEBlock(f, steps=task.student_steps, method="rk4", grad="backprop", evolution=FAMILIES[family])
+    return ODEBlock(f, steps=task.student_steps, method=task.method, grad="backprop", evolution=FAMILIES[family],
+                    record_weights=False)
 
 
 def count(module: nn.Module) -> int:
@@ -326,7 +331,19 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes, 1 seed (seconds; the tests' setting)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="also write every fit, the references and the summary to this file")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="print the summary of earlier --json files (no fits)")
     args = p.parse_args(argv)
+    if args.merge:
+        runs = [json.load(open(path)) for path in args.merge]
+        fits = [Fit(**f) for run in runs for f in run["fits"]]
+        for run in runs:
+            for seed, ref in run["references"].items():
+                print(f"{seed:>4} references: no motion {ref['no_motion']:.2e}, "
+                      f"teacher frozen at K(0) {ref['teacher_frozen']:.2e}")
+        print(format_summary(summarise(fits)))
+        print(f"\n{len({f.seed for f in fits})} seed(s) from {len(runs)} file(s); CPU s of the fits: "
+              f"{sum(f.seconds for f in fits):.0f}")
+        return 0
     task = QUICK if args.quick else Task()
     try:
         seeds = [int(s) for s in ("0" if args.quick and args.seeds == "0,1,2" else args.seeds).split(",") if s]

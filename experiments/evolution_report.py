@@ -7,18 +7,21 @@ For every run directory (a ``train_coupled.py`` output with ``best.pt`` or ``las
 * **coefficients**: per ODE block and term, the distribution (mean, std, min, max over every
   output channel of every evolving weight) after training and of the untrained model built with
   the same seed (the initialisation);
-* **drift**: ``||θ(t_N) - θ(0)|| / ||θ(0)||`` of every evolving weight at the block's end time,
-  trained vs untrained;
+* **drift**: ``||θ(t) - θ(0)|| / ||θ(0)||`` of every evolving weight at the *last time f uses θ*
+  (the last evaluation of f in the block's solve: t = 2/3 for the networks' euler x 3 on [0, 1],
+  which never evaluates f at θ(1); ``drift_time`` records that t), trained vs untrained;
 * **accuracy**: test accuracy of the trained model, and with its evolution switched off
-  (every coefficient set to 0 through ``set_coefficients``, i.e. ANODE with the same weights);
-  the drop says how much the network uses θ(t);
+  (``evolution.off()`` of every evolving block: θ(t) = θ(t0) for the ODE kinds, i.e. ANODE with
+  the same weights; what "off" means for each family is its ``off_meaning``); the drop says how
+  much the network uses θ(t);
 * **history**: from the run's TensorBoard events (``log.evolution_every``), the largest
   coefficient magnitude ``max(|min|, |max|)`` of every weight and term at every logged epoch, and
   the drift ``||θ(t_N) - θ(0)|| / ||θ(0)||`` per logged epoch: whether the coefficients moved during
   training, not only where they ended;
-* **pictures** (``--pictures``): per evolving weight, the kernels ``θ(t_n)`` (rows t_0..t_N,
-  first input-channel slice of the first ``--max-kernels`` output channels) and ``θ(t_n) - θ(0)``,
-  each with a colour bar; and a histogram of each term's coefficients, init vs trained.
+* **pictures** (``--pictures``): per evolving weight, the kernels θ(t) f saw (one row per
+  evaluation of f, labelled with its t; first input-channel slice of the first ``--max-kernels``
+  output channels) and ``θ(t) - θ(0)``, each with a colour bar; and a histogram of each term's
+  coefficients, init vs trained.
 
 Writes ``evolution_report.json`` (and the pictures) into ``--out`` and prints Markdown tables.
 
@@ -27,6 +30,7 @@ Writes ``evolution_report.json`` (and the pictures) into ``--out`` and prints Ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -37,28 +41,18 @@ import torch
 from anodev2 import models
 from anodev2.training.data import BatchLoader, load_datasets
 from anodev2.training.datasets import dataset_info
-from anodev2.training.run_files import load_checkpoint
-from anodev2.training.config import config_from_dict
+from anodev2.training.runs import build_model
+from experiments.trained import load_run_or_exit
 
 
 def load_run(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """(trained model, untrained model of the same seed, config) of one run directory;
     ``checkpoint`` "best" reads best.pt (else last.pt), "last" reads last.pt (the end of training)."""
-    names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
-    path = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
-    if path is None:
-        raise SystemExit(f"error: {run_dir} has no {' or '.join(names)} (is it a train_coupled.py run directory?)")
-    ck = load_checkpoint(path)
-    if "config" not in ck or "model" not in ck:
-        raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
-    cfg = config_from_dict(ck["config"])
-    kwargs = dict(num_classes=100 if cfg.data.name == "cifar100" else 10,
-                  in_channels=1 if cfg.data.name == "mnist" else 3, **cfg.model.build_options())
-    torch.manual_seed(cfg.train.seed)
-    untrained = models.build(cfg.model.name, cfg.model.variant, **kwargs).eval()
-    trained = models.build(cfg.model.name, cfg.model.variant, **kwargs)
-    trained.load_state_dict(ck["model"])
-    return trained.eval(), untrained, cfg
+    which = "best" if checkpoint == "best" and (run_dir / "best.pt").is_file() else "last"
+    cfg, trained, _ = load_run_or_exit(run_dir, which)
+    torch.manual_seed(cfg.train.seed)  # the trainer's initialisation of this seed
+    untrained = build_model(cfg).eval()
+    return trained, untrained, cfg
 
 
 def evolving_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -82,15 +76,19 @@ def coefficient_stats(model: torch.nn.Module) -> dict[str, dict[str, dict[str, f
 
 
 @torch.no_grad()
-def trajectories(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> dict[str, dict[str, list]]:
-    """{block: {weight: [θ(t_0), ..., θ(t_N)]}}; θ(t) does not depend on the activations, so one
-    forward of a zero image suffices."""
+def trajectories(model: torch.nn.Module, image_shape: tuple[int, int, int]
+                 ) -> tuple[dict[str, dict[str, list]], dict[str, list[float]]]:
+    """({block: {weight: [θ seen by f at each evaluation]}}, {block: [evaluation times]}): exactly
+    the weights f used, in order (every RK stage; euler x 3 on [0, 1]: t = 0, 1/3, 2/3). θ(t) does
+    not depend on the activations, so one forward of a zero image suffices."""
     model(torch.zeros(1, *image_shape))
-    return {name: block.weights_at() for name, block in evolving_blocks(model)}
+    blocks = evolving_blocks(model)
+    return ({name: block.weights_at("evaluations") for name, block in blocks},
+            {name: block.evaluation_times() for name, block in blocks})
 
 
 def drift(thetas: list[torch.Tensor]) -> float:
-    """``||θ(t_N) - θ(0)|| / ||θ(0)||``."""
+    """``||θ_last - θ_first|| / ||θ_first||`` of a list of weights (the last and first time f used them)."""
     return float((thetas[-1].double() - thetas[0].double()).norm() / thetas[0].double().norm())
 
 
@@ -103,10 +101,13 @@ def accuracy(model: torch.nn.Module, loader: BatchLoader) -> float:
     return correct / total
 
 
-def switch_off(model: torch.nn.Module) -> None:
-    """Set every evolution coefficient of ``model`` to 0 (q ≡ 0: the static-weight network)."""
+def evolution_off(model: torch.nn.Module) -> contextlib.ExitStack:
+    """A context in which every evolving block of ``model`` has its evolution switched off
+    (``evolution.off()``; for the ODE kinds θ(t) = θ(t0): the static-weight network)."""
+    stack = contextlib.ExitStack()
     for _, block in evolving_blocks(model):
-        block.evolution.set_coefficients({k: 0.0 for k in block.evolution.coefficients()})
+        stack.enter_context(block.evolution.off())
+    return stack
 
 
 def tensorboard_history(run_dir: Path) -> dict[str, list[list[float]]]:
@@ -148,7 +149,7 @@ def kernel_rows(thetas: list[torch.Tensor], max_kernels: int) -> torch.Tensor:
     return torch.cat(rows, dim=0)
 
 
-def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, traj: dict, out: Path,
+def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, traj: dict, times: dict, out: Path,
          max_kernels: int) -> list[str]:
     """Kernel pictures with colour bars and coefficient histograms; returns the file names."""
     import matplotlib
@@ -160,8 +161,8 @@ def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, tr
     for bname, weights in traj.items():
         for wname, thetas in weights.items():
             fig, axes = plt.subplots(1, 2, figsize=(12, 1.5 + 0.8 * len(thetas)))
-            panels = ((kernel_rows(thetas, max_kernels), "θ(t_n)"),
-                      (kernel_rows([t - thetas[0] for t in thetas], max_kernels), "θ(t_n) − θ(0)"))
+            panels = ((kernel_rows(thetas, max_kernels), "θ(t) seen by f"),
+                      (kernel_rows([t - thetas[0] for t in thetas], max_kernels), "θ(t) − θ(0)"))
             for ax, (img, title) in zip(axes, panels):
                 s = float(img.nan_to_num(0).abs().max()) or 1.0
                 im = ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-s, vmax=s, interpolation="nearest")
@@ -169,7 +170,7 @@ def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, tr
                 ax.set_title(f"{run_name} {bname}.{wname}: {title}", fontsize=9)
                 ax.set_xticks([])
                 h = img.shape[0] / len(thetas)
-                ax.set_yticks([h * (n + 0.45) for n in range(len(thetas))], [f"t_{n}" for n in range(len(thetas))],
+                ax.set_yticks([h * (n + 0.45) for n in range(len(thetas))], [f"t={t:.2f}" for t in times[bname]],
                               fontsize=8)
             fig.tight_layout()
             name = f"kernels_{_safe(run_name)}_{_safe(bname)}_{_safe(wname)}.png"
@@ -179,12 +180,12 @@ def draw(run_name: str, trained: torch.nn.Module, untrained: torch.nn.Module, tr
     blocks = dict(evolving_blocks(trained))
     init_blocks = dict(evolving_blocks(untrained))
     for bname, block in blocks.items():
-        terms = list(block.evolution.bounds())
+        terms = list(dict.fromkeys(k.rsplit("/", 1)[1] for k in block.evolution.coefficients()))
         fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.6), squeeze=False)
         for ax, term in zip(axes[0], terms):
             for label, b in (("init", init_blocks[bname]), ("trained", block)):
-                v = torch.cat([c for k, c in b.evolution.coefficients().items() if k.endswith("/" + term)])
-                ax.hist(v.numpy(), bins=30, range=block.evolution.bounds()[term], alpha=0.6, label=label)
+                v = torch.cat([c.flatten() for k, c in b.evolution.coefficients().items() if k.endswith("/" + term)])
+                ax.hist(v.float().numpy(), bins=30, range=block.evolution.bounds().get(term), alpha=0.6, label=label)
             ax.set_title(f"{bname}: {term}", fontsize=9)
             ax.legend(fontsize=7)
         fig.tight_layout()
@@ -201,22 +202,23 @@ def report_run(run_dir: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {run_dir}: no ODE block has evolving weights (variant {cfg.model.variant!r}, "
                          f"evolution {cfg.model.evolution!r}); give anodev2 runs with a non-static evolution")
     image = dataset_info(cfg.data.name).image_shape
-    traj, traj0 = trajectories(trained, image), trajectories(untrained, image)
+    (traj, times), (traj0, _) = trajectories(trained, image), trajectories(untrained, image)
     rec = {"run": str(run_dir), "seed": cfg.train.seed, "checkpoint": args.checkpoint,
            "coefficients": coefficient_stats(trained), "coefficients_init": coefficient_stats(untrained),
            "drift": {f"{b}.{w}": drift(th) for b, ws in traj.items() for w, th in ws.items()},
-           "drift_untrained": {f"{b}.{w}": drift(th) for b, ws in traj0.items() for w, th in ws.items()}}
+           "drift_untrained": {f"{b}.{w}": drift(th) for b, ws in traj0.items() for w, th in ws.items()},
+           "drift_time": {f"{b}.{w}": times[b][-1] for b, ws in traj.items() for w in ws}}
     rec["history"] = tensorboard_history(run_dir)
     if args.pictures:  # before the accuracy block, which zeroes the coefficients
-        rec["pictures"] = draw(run_dir.name, trained, untrained, traj, args.out, args.max_kernels)
+        rec["pictures"] = draw(run_dir.name, trained, untrained, traj, times, args.out, args.max_kernels)
     if not args.no_accuracy:
         _, test = load_datasets(cfg.data.name, root=args.data_root or cfg.data.root, download=False,
                                 subset_test=cfg.data.subset_test if args.subset_test is None else args.subset_test,
                                 seed=cfg.train.seed)
         loader = BatchLoader(test, args.batch_size, shuffle=False, augment=False)
         rec["test_acc"] = accuracy(trained, loader)
-        switch_off(trained)
-        rec["test_acc_evolution_off"] = accuracy(trained, loader)
+        with evolution_off(trained):
+            rec["test_acc_evolution_off"] = accuracy(trained, loader)
     return rec
 
 
@@ -227,11 +229,11 @@ def print_tables(records: list[dict]) -> None:
         if "test_acc" in r:
             print(f"| {Path(r['run']).name} | {r['seed']} | {r['test_acc']:.4f} | {r['test_acc_evolution_off']:.4f} "
                   f"| {r['test_acc'] - r['test_acc_evolution_off']:+.4f} |")
-    print("\n| run | weight | drift trained | drift untrained |")
-    print("|---|---|---|---|")
+    print("\n| run | weight | at t (last time f uses θ) | drift trained | drift untrained |")
+    print("|---|---|---|---|---|")
     for r in records:
         for w, d in r["drift"].items():
-            print(f"| {Path(r['run']).name} | {w} | {d:.3e} | {r['drift_untrained'][w]:.3e} |")
+            print(f"| {Path(r['run']).name} | {w} | {r['drift_time'][w]:.4g} | {d:.3e} | {r['drift_untrained'][w]:.3e} |")
     print("\n| run | block | term | init mean ± std | trained mean ± std | trained min .. max |")
     print("|---|---|---|---|---|---|")
     for r in records:

@@ -86,7 +86,7 @@ def test_observe_reads_the_states_at_the_observed_times():
             block.evolution.set_coefficients({k: 0.05 for k in block.evolution.coefficients()})
         got = ec.observe(block, x)
         for k in range(1, ec.OBS + 1):
-            part = ODEBlock(block.f, steps=k * TASK.student_steps // ec.OBS, method="rk4", grad="backprop",
+            part = ODEBlock(block.f, steps=k * TASK.student_steps // ec.OBS, method=TASK.method, grad="backprop",
                             evolution=block.evolution, t1=k / ec.OBS).double()
             assert torch.allclose(got[k - 1], part(x), rtol=1e-12, atol=1e-12), (family, k)
         assert (got[1] - got[0]).abs().max() > 1e-3  # the three states differ
@@ -156,7 +156,11 @@ def test_capability_quick_run(tmp_path, capsys):
     for family, f in fits.items():
         assert f["lr"] in ec.QUICK.lrs and min(f["val_by_lr"].values()) == f["val_by_lr"][str(f["lr"])]
         assert math.isfinite(f["test"]) and (f["test_off"] is None) == (ec.FAMILIES[family] is None), family
-    assert out["references"]["0"]["no_motion"] > 0 and "| family | params |" in capsys.readouterr().out
+    first = capsys.readouterr().out
+    assert out["references"]["0"]["no_motion"] > 0 and "| family | params |" in first
+    table = [line for line in first.splitlines() if line.startswith("| ")]
+    assert ec.main(["--merge", str(tmp_path / "cap.json")]) == 0  # the summary again, from the file alone
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")] == table
 
 
 @pytest.fixture(scope="module")
@@ -175,20 +179,28 @@ def test_report_on_a_tiny_trained_run(tiny_run, tmp_path):
     (rec,) = json.loads((tmp_path / "evolution_report.json").read_text())
     assert 0 <= rec["test_acc"] <= 1 and 0 <= rec["test_acc_evolution_off"] <= 1
     block = next(iter(rec["coefficients"]))
-    assert set(rec["coefficients"][block]) == {"diffusion", "advection_x", "advection_y", "reaction"}
+    rda_terms = {"diffusion", "advection_right", "advection_left", "advection_down", "advection_up", "reaction"}
+    assert set(rec["coefficients"][block]) == rda_terms
     for term, init in rec["coefficients_init"][block].items():  # zero init; training moved every term
         assert init["min"] == init["max"] == 0.0, term
         assert rec["coefficients"][block][term]["std"] > 0, term
     assert all(v == 0.0 for v in rec["drift_untrained"].values())  # zero coefficients: θ(t) = θ(0)
     assert all(v > 0.0 for v in rec["drift"].values())
+    # euler x 3 on [0, 1] (TINY's model.steps=3): f uses θ at t = 0, 1/3, 2/3; the drift is at 2/3
+    assert set(rec["drift_time"]) == set(rec["drift"]) and all(t == pytest.approx(2 / 3) for t in rec["drift_time"].values())
+    assert "| run | weight | at t (last time f uses θ) | drift trained | drift untrained |" in r.stdout
     assert all((tmp_path / f).is_file() for f in rec["pictures"]) and len(rec["pictures"]) >= 2
     assert "| run | seed | test acc | acc, evolution off | drop |" in r.stdout
     # history from the run's TensorBoard events: every weight x term plus the drift, every epoch
     history = rec["history"]
     terms = {k.rsplit("/", 1)[1] for k in history}
-    assert terms == {"diffusion", "advection_x", "advection_y", "reaction", "drift"}
+    assert terms == rda_terms | {"drift"}
     assert all([e for e, _ in points] == [1, 2] for points in history.values())
-    assert all(v > 0 for points in history.values() for _, v in points)  # moved from 0 by epoch 1
+    assert all(points[-1][1] > 0 for points in history.values())  # every term moved from 0
+    # by epoch 1 already: diffusion, the signed reaction and the drift of every weight (a one-sided
+    # advection speed can sit at its bound 0 while its gradient points below it: then the opposite
+    # direction's speed is the one that moves)
+    assert all(points[0][1] > 0 for key, points in history.items() if "/advection_" not in key)
     assert any(points[0][1] != points[-1][1] for points in history.values())  # and kept moving
     assert "max abs coefficient (or drift) at the logged epochs" in r.stdout
 
