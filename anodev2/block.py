@@ -406,8 +406,8 @@ class ODEBlock(nn.Module):
         """Compile the block's vector field with ``torch.compile(field, **options)`` (the joint field
         of f and the evolution), used by every evaluation of f outside a dynamo trace: the forward
         pass, and the recomputed and reversed steps of the adjoint modes, which ``torch.compile``
-        of the network cannot reach (they run in backward). ``options=None``-free; call
-        :meth:`uncompile_field` to go back to eager. Returns the block."""
+        of the network cannot reach (they run in backward). :meth:`uncompile_field`
+        goes back to eager. Returns the block."""
         object.__setattr__(self, "_compiled_field", torch.compile(self.field, **options))
         return self
 
@@ -418,7 +418,9 @@ class ODEBlock(nn.Module):
     def _solve_pieces(self, z: Tensor, pieces: int) -> Tensor:
         """Piecewise-constant (untied) weights: one solve of ``steps / pieces`` steps per piece, so
         every RK stage of a step -- the one at the step's end time included -- uses that step's
-        piece. ``last_stats`` then describes the last piece's solve."""
+        piece. Each piece is its own solve: the gradient mode's options hold per piece (e.g.
+        ``Checkpoint(checkpoints=c)`` keeps c states within a piece) and ``last_stats`` describes
+        the last piece's solve."""
         per, span = self.steps // pieces, self.t1 - self.t0
         params = self._solve_params()
         for k in range(pieces):
@@ -481,3 +483,16 @@ class ODEBlock(nn.Module):
         evo = self.evolution_kind
         return (f"steps={self.steps}, method={self.method!r}, grad={self.grad_mode!r}, "
                 f"t=[{self.t0}, {self.t1}], evolution={evo!r}, evolving={list(self.evolving_names)}")
+
+
+@contextlib.contextmanager
+def evolution_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch off the weight evolution of every ODE block of ``model`` that has a switch (each
+    kind's ``off_meaning``: ode kinds θ(t) = θ(t0), linear / galerkin / untied θ0, time_input t
+    frozen at t0); blocks without an evolution or with a static one are left as they are.
+    Restores every block on exit, even on error."""
+    with contextlib.ExitStack() as stack:
+        for m in model.modules():
+            if isinstance(m, ODEBlock) and m.evolution is not None and m.evolution.off_meaning is not None:
+                stack.enter_context(m.evolution.off())
+        yield model

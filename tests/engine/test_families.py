@@ -378,3 +378,25 @@ def test_time_input_survives_deepcopy_and_cannot_be_attached_twice():
     torch.testing.assert_close(twin(x), blk(x), rtol=1e-14, atol=0)
     with pytest.raises(ValueError, match="already attached"):
         ODEBlock(blk.f, evolution=blk.evolution)
+
+
+def test_model_level_evolution_off_and_options_through_models_build():
+    from anodev2.block import evolution_off
+
+    torch.manual_seed(0)
+    model = build("resnet10", "anodev2", width=0.25, norm="group",
+                  evolution={"kind": "galerkin", "basis_size": 4, "basis": "fourier"}).double()
+    blocks = [b for _, b in ode_blocks(model)]
+    assert len(blocks) == 7 and all(b.evolution.basis_size == 4 and b.evolution.basis == "fourier" for b in blocks)
+    with torch.no_grad():
+        for b in blocks:
+            for p in b.evolution.parameters():
+                p.normal_(0, 0.05)
+    torch.manual_seed(0)
+    anode = build("resnet10", "anode", width=0.25, norm="group").double()
+    anode.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(2, 3, 16, 16, dtype=D)
+    with evolution_off(model):
+        assert not any(b.evolution.enabled for b in blocks)
+        torch.testing.assert_close(model(x), anode(x), rtol=1e-13, atol=1e-13)
+    assert all(b.evolution.enabled for b in blocks) and not torch.allclose(model(x), anode(x))
