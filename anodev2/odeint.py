@@ -148,7 +148,8 @@ def odeint(
             (exact discrete adjoint, ANODE; the default, every state held), ``anodev2.Backsolve()``
             (Chen et al. reverse-time adjoint; inexact baseline), their names "backprop",
             "checkpoint", "backsolve" (default options), or a mapping
-            ``{"mode": "checkpoint", "checkpoints": 2}`` (the config spelling); resolved by
+            ``{"mode": "checkpoint", "checkpoints": 2}`` (the config spelling; mode defaults to
+            "checkpoint"); resolved by
             :func:`anodev2.adjoint.get_grad_mode`.
         params: tensors ``func`` depends on that need gradients (default: ``func.parameters()``
             for a Module); duplicates are ignored. With checkpoint/backsolve, tensors ``func``
@@ -163,7 +164,7 @@ def odeint(
     """
     reject_loose_options("odeint", removed)
     tableau = get_tableau(method)
-    mode = get_grad_mode(grad)
+    mode = get_grad_mode(grad, default_mode=DEFAULT_GRAD.name)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not callable(func):

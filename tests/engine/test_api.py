@@ -30,6 +30,10 @@ def test_mappings_resolve_to_the_same_objects_and_back():
     assert anodev2.Checkpoint(3).as_dict() == {"mode": "checkpoint", "checkpoints": 3, "keep_forward": False,
                                                "preserve_rng": True}
     assert get_grad_mode({"checkpoints": 2}, default_mode="checkpoint") == anodev2.Checkpoint(2)
+    st = anodev2.SolveStats()  # odeint reads the mapping too (mode left out: its default, checkpoint)
+    y = torch.ones(2, requires_grad=True)
+    anodev2.odeint(lambda t, z: -z, y, steps=3, grad={"checkpoints": 1}, stats=st).sum().backward()
+    assert (st.grad, st.checkpoints, st.checkpoints_held) == ("checkpoint", 1, 1)
     assert anodev2.Checkpoint.option_specs()["checkpoints"].allowed == "null | integer >= 0"
     assert anodev2.Backprop.option_specs() == {}
 
