@@ -67,7 +67,7 @@ def row_build_args(row: str) -> tuple[str, dict]:
     if row == "anodev2-backprop":
         return "anodev2", {"grad": "backprop"}
     if row.endswith("-keep"):
-        return row[:-len("-keep")], {"keep_forward": True}
+        return row[:-len("-keep")], {"grad": {"keep_forward": True}}
     return row, {}
 
 
