@@ -59,7 +59,7 @@ from torch import nn
 import anodev2
 from anodev2 import models
 from experiments.output import save_png, write_csv
-from experiments.trained import load_model
+from experiments.trained import load_run_or_exit
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 METHODS = ("euler", "rk2", "rk4")
@@ -119,7 +119,7 @@ def model_f(args) -> nn.Module:
     """The ODE function ``f`` of the first ODE block of the network (``--block model``): trained
     weights from ``args.weights`` or a fresh ``build(args.model, "anode", width=args.width)``."""
     if args.weights:
-        net, _ = load_model(Path(args.weights))
+        _, net, _ = load_run_or_exit(args.weights)
     else:
         net = models.build(args.model, "anode", width=args.width)
     blocks = models.ode_blocks(net)

@@ -54,9 +54,9 @@ def predict(run_dir: Path) -> dict:
     """The arrays and facts stored in ``predictions.npz`` (module docstring) of ``run_dir``."""
     from anodev2.training.data import BatchLoader, load_datasets
     from experiments.grid import read_metrics
-    from experiments.trained import load_model
+    from experiments.trained import load_run_or_exit
 
-    model, cfg = load_model(run_dir / "last.pt")
+    cfg, model, _ = load_run_or_exit(run_dir)  # last.pt: the model after the final epoch
     _, test_set = load_datasets(cfg.data.name, cfg.data.root, download=False, subset_train=cfg.data.subset_train,
                                 subset_test=cfg.data.subset_test, seed=cfg.train.seed)
     loader = BatchLoader(test_set, 2 * cfg.train.batch_size, shuffle=False, augment=False, workers=0, pad=False,

@@ -1,32 +1,27 @@
-"""Rebuilding a trained network from a ``train_coupled.py`` checkpoint (shared by
-evolution_pictures and grad_accuracy)."""
+"""Reading a trained run in a script: :func:`anodev2.training.runs.load_run` with its errors
+turned into the scripts' one-line ``error:`` exit (shared by evolution_pictures, evolution_report,
+grad_accuracy and predictions)."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from typing import Union
 
-import torch
+from torch import nn
 
-from anodev2 import models
-from anodev2.training.config import config_from_dict
-from anodev2.training.datasets import dataset_info
-from anodev2.training.run_files import load_checkpoint
+from anodev2.training.config import Config, ConfigError
+from anodev2.training.run_files import CheckpointError
+from anodev2.training.runs import load_run
 
 
-def load_model(path: Path) -> tuple[torch.nn.Module, object]:
-    """(model in eval mode with the checkpoint's weights, its config) of checkpoint ``path``.
+def load_run_or_exit(path: Union[str, os.PathLike], which: str = "last") -> tuple[Config, nn.Module, list[dict]]:
+    """``load_run(path, which)``: (config, model in eval mode, metrics) of a run directory or
+    checkpoint file.
 
     Raises:
-        SystemExit: ``path`` is missing or is not a train_coupled.py checkpoint.
+        SystemExit: ``error: <reason>`` when there is no such run or checkpoint, it is not a
+            train_coupled.py checkpoint, or its config does not load (exit status 1).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"error: checkpoint {path} does not exist (expected RUN_DIR/last.pt or best.pt)")
-    ck = load_checkpoint(path)
-    if "config" not in ck or "model" not in ck:
-        raise SystemExit(f"error: {path} is not a train_coupled.py checkpoint (needs keys 'config' and 'model')")
-    cfg = config_from_dict(ck["config"])
-    facts = dataset_info(cfg.data.name)
-    model = models.build(cfg.model.name, cfg.model.variant, num_classes=facts.classes,
-                         in_channels=facts.channels, **cfg.model.build_options())
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg
+    try:
+        return load_run(path, which)
+    except (CheckpointError, ConfigError) as e:
+        raise SystemExit(f"error: {e}") from None
