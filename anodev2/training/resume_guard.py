@@ -21,13 +21,13 @@ settings) by undoing the changes newest first (:func:`settings_before`).
 from __future__ import annotations
 
 import datetime
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import yaml
 
 from .config import Config, ConfigError, _leaf_keys, _sections, config_to_dict, dump_config, yaml_text
 
-__all__ = ["FREE_KEYS", "free_keys", "flatten", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
+__all__ = ["FREE_KEYS", "free_keys", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
            "settings_before", "check_resumes_value", "check_checkpoint", "RESUMES_KEY"]
 
 RESUMES_KEY = "resumes"
@@ -50,18 +50,6 @@ def free_keys() -> list[str]:
     return [k for k in _leaf_keys() if any(_matches(k, f) for f in FREE_KEYS)]
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{'model': {'steps': 2}}`` -> ``{'model.steps': 2}`` (nested mappings all the way down; lists are values)."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_allowed_keys(keys: Sequence[str]) -> None:
     """ConfigError unless every ``--allow-change`` KEY names a config key or section."""
     valid = _leaf_keys()
@@ -73,15 +61,27 @@ def check_allowed_keys(keys: Sequence[str]) -> None:
                           f"(e.g. model.steps, model, train.seed)")
 
 
+UNSET = "<unset>"
+
+
+def _diff(a, b, prefix: str, out: dict) -> None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for k in sorted(set(a) | set(b), key=str):
+            _diff(a.get(k, UNSET), b.get(k, UNSET), f"{prefix}{k}.", out)
+    elif a != b:
+        out[prefix[:-1]] = (a, b)
+
+
 def changes(old: Config, new: Config) -> dict[str, tuple]:
-    """``{key: (old, new)}`` for every config key whose value differs (out_dir excluded: a resume stays put)."""
-    a, b = flatten(config_to_dict(old)), flatten(config_to_dict(new))
-    out = {}
-    for k in sorted(set(a) | set(b)):
-        if k == "out_dir":
-            continue
-        if a.get(k, "<unset>") != b.get(k, "<unset>"):
-            out[k] = (a.get(k, "<unset>"), b.get(k, "<unset>"))
+    """``{key: (old, new)}`` for every config key whose value differs (out_dir excluded: a resume stays put).
+    Mappings are compared key by key; where one side is a mapping and the other is not (``model.grad: null``
+    -> ``{mode: backsolve}``), the key is reported whole. A key present on one side only has the value '<unset>'
+    on the other."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    a.pop("out_dir", None)
+    b.pop("out_dir", None)
+    out: dict = {}
+    _diff(a, b, "", out)
     return out
 
 
@@ -117,13 +117,21 @@ def config_yaml(cfg: Config, resumes: Optional[list], epoch: int) -> str:
 
 
 def settings_before(current: Mapping, resumes: Sequence[Mapping], index: int) -> dict:
-    """The flat settings in force before resume number ``index`` (0 = the run's start): ``current`` (flat or
-    nested, the sections of config.yaml) with the changes of resumes ``index``.. undone, newest first."""
-    flat = flatten(current) if any(isinstance(v, Mapping) for v in current.values()) else dict(current)
+    """The settings (nested, as config.yaml's sections) in force before resume number ``index`` (0 = the run's
+    start): ``current`` with the changes of resumes ``index``.. undone, newest first."""
+    import copy
+    tree = copy.deepcopy({k: v for k, v in current.items() if k != RESUMES_KEY})
     for r in reversed(list(resumes)[index:]):
-        for k, ch in (r.get("changed") or {}).items():
-            flat[k] = ch["old"]
-    return flat
+        for key, ch in (r.get("changed") or {}).items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for p in parents:
+                node = node.setdefault(p, {})
+            if ch["old"] == UNSET:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = copy.deepcopy(ch["old"])
+    return tree
 
 
 def check_resumes_value(value) -> None:

@@ -11,7 +11,7 @@ from helpers import metrics
 
 from anodev2.training.cli import main
 from anodev2.training.config import load_config
-from anodev2.training.resume_guard import flatten, settings_before
+from anodev2.training.resume_guard import changes, settings_before
 from anodev2.training.run_files import atomic_save, checksum_path, load_checkpoint
 
 
@@ -70,8 +70,7 @@ def test_an_allowed_change_is_recorded_in_config_yaml(one_epoch_run, tmp_path, c
                             "model.steps": {"old": 3, "new": 4}, "train.epochs": {"old": 1, "new": 2}}
     assert datetime.datetime.fromisoformat(r["time"]).tzinfo is not None
     # what epoch 1 used is still recorded: undo the resume's changes
-    start = settings_before({k: v for k, v in rec.items() if k != "resumes"}, rec["resumes"], 0)
-    assert start == {**flatten(first), "out_dir": str(run)}  # (the copy's out_dir is its own)
+    assert settings_before(rec, rec["resumes"], 0) == {**first, "out_dir": str(run)}  # (the copy's own out_dir)
     assert load_config(str(run / "config.yaml")).model.steps == 4  # the record is still a loadable config
     # a second resume appends; nothing changed is recorded as such
     assert main(["--resume", str(run), "train.epochs=3", "log.tensorboard=false"]) == 0
@@ -164,3 +163,20 @@ def test_an_anodev2_network_that_evolves_nothing_is_refused(tmp_path, capsys):
                  f"out_dir={tmp_path / 'run'}"]) == 2
     err = _one_error_line(capsys.readouterr().err)
     assert f"{key}=[] selects no weight of any ODE block: this anodev2 network would evolve nothing" in err, err
+
+
+def test_changes_compare_mappings_key_by_key_and_report_a_replaced_mapping_whole():
+    import dataclasses
+    from anodev2.training.config import Config
+    old = Config()
+    new = dataclasses.replace(old, model=dataclasses.replace(old.model, options={"a": {"b": 1}}),
+                              train=dataclasses.replace(old.train, seed=3))
+    assert changes(old, new) == {"model.options.a": ("<unset>", {"b": 1}), "train.seed": (0, 3)}
+    newer = dataclasses.replace(new, model=dataclasses.replace(new.model, options={"a": {"b": 2}, "c": 1}))
+    assert changes(new, newer) == {"model.options.a.b": (1, 2), "model.options.c": ("<unset>", 1)}
+    mixed = dataclasses.replace(new, model=dataclasses.replace(new.model, options={"a": 5}))
+    assert changes(new, mixed) == {"model.options.a": ({"b": 1}, 5)}  # a mapping replaced by a value: whole
+    # undoing recorded changes restores the nested settings, '<unset>' keys removed
+    rec = [{"changed": {k: {"old": o, "new": n} for k, (o, n) in changes(new, newer).items()}}]
+    from anodev2.training.config import config_to_dict
+    assert settings_before(config_to_dict(newer), rec, 0) == config_to_dict(new)
