@@ -411,6 +411,11 @@ def config_from_dict(raw: Mapping, name: str = "config") -> Config:
 
 
 def _check_consistency(cfg: Config) -> None:
+    from anodev2.models import ODE_OPTIONS
+    named = [k for k in cfg.model.options if k in ODE_OPTIONS]
+    if named:  # model.options would silently win over the validated ODE key in build_options
+        raise ConfigError(f"model.options.{named[0]} is not allowed; allowed: model.{named[0]} (model.options is for "
+                          f"build options without a key of their own)")
     o = cfg.optim
     if o.name == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0")

@@ -158,3 +158,12 @@ def test_help_lists_every_nested_key_from_the_registries():
     assert "    model.evolution.d_max = 0.25 (diffusion), 0.125 (rda)  [number >= 0.0 and <= 1.0]" in text
     for key in ("model.checkpoints", "model.keep_forward", "model.evolution_targets"):
         assert f"  {key} =" not in text
+
+
+def test_model_options_cannot_shadow_a_model_key():
+    """model.options is merged last into models.build's options: an ODE option there would
+    silently win over the validated model.grad / model.evolution / model.steps / model.method."""
+    for key, value in (("grad", "backprop"), ("evolution", "rda"), ("steps", 2)):
+        with pytest.raises(ConfigError, match=rf"^model.options.{key} is not allowed; allowed: model.{key} "):
+            load_config("aconnect", [f"model.options={{{key}: {value}}}"])
+    assert load_config("aconnect", ["model.options={norm: group}"]).model.build_options()["norm"] == "group"
