@@ -18,7 +18,8 @@ Helpers (imported by scripts, never run):
 * :mod:`experiments.output` -- CSV / PNG / number formatting written once;
 * :mod:`experiments.significance` -- paired statistics of seed grids (paired t interval,
   McNemar, Holm), pure Python;
-* :mod:`experiments.trained` -- rebuilding a trained network from a checkpoint;
+* :mod:`experiments.trained` -- reading a trained run (``anodev2.training.runs.load_run`` with the
+  scripts' ``error:`` exit);
 * :mod:`experiments.grid` -- running a grid of training runs resumably (local or submitit);
 * :mod:`experiments.predictions` -- per-example test predictions of a finished run, evolution
   on and off (also ``python -m experiments.predictions RUN``).
