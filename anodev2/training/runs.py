@@ -1,8 +1,10 @@
 """Trained runs as library objects: the network a config describes, and a run directory read back.
 
-The one place that rebuilds a network from a config (the trainer builds its model here, and
-every experiment that reads a trained run -- evolution_report, evolution_pictures,
-grad_accuracy -- loads it with :func:`load_run`)::
+The one place that rebuilds a network from a config: the trainer builds its model here, and
+every experiment that reads a trained run (evolution_report, evolution_pictures,
+grad_accuracy --weights, predictions; through ``experiments.trained.load_run_or_exit``, which
+turns the errors below into the scripts' one-line ``error:`` exit) loads it with
+:func:`load_run`::
 
     from anodev2.training.runs import build_model, load_run
 
