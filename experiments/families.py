@@ -172,8 +172,8 @@ def collect(grid: FamilyGrid, out: Path) -> list[dict]:
             row = {"run": run_name, "family": name, "seed": seed, "epochs": len(hist), "finished": pred is not None,
                    "test_acc": None, "test_acc_off": None, "params": None,
                    "s_per_epoch": round(statistics.mean(h["epoch_time"] for h in hist), 2) if hist else None,
-                   "trainer_test_acc": None, "agrees_with_trainer": None, "_correct": None, "_correct_off": None,
-                   "_labels": None}
+                   "trainer_test_acc": None, "agrees_with_trainer": None, "off_meaning": None, "_correct": None,
+                   "_correct_off": None, "_labels": None}
             if pred is not None:
                 correct = pred["pred"] == pred["labels"]
                 row.update(test_acc=100.0 * float(correct.mean()), params=int(pred["params"]),
@@ -182,7 +182,8 @@ def collect(grid: FamilyGrid, out: Path) -> list[dict]:
                 row["agrees_with_trainer"] = int(correct.sum()) == round(float(pred["trainer_test_acc"]) * correct.size)
                 if "pred_off" in pred:
                     off = pred["pred_off"] == pred["labels"]
-                    row.update(test_acc_off=100.0 * float(off.mean()), _correct_off=off)
+                    row.update(test_acc_off=100.0 * float(off.mean()), _correct_off=off,
+                               off_meaning=str(pred.get("off_meaning", "")))
             rows.append(row)
     return rows
 
@@ -231,6 +232,7 @@ def statistics_of(grid: FamilyGrid, rows: list[dict]) -> dict:
                 off = [by[(name, s)]["test_acc_off"] for s in seeds]
                 d = significance.describe(off)
                 rec["off"] = {"seeds": seeds, "mean": d.mean, "sd": d.sd, "min": d.min, "max": d.max,
+                              "meaning": by[(name, seeds[0])]["off_meaning"],
                               "change": significance.paired_t(on, off).__dict__}
         res["families"][name] = rec
     compared = [n for n in fams if "vs_reference" in res["families"][n]]
@@ -287,12 +289,13 @@ def summary(grid: FamilyGrid, rows: list[dict], st: dict, name: str) -> str:
     if evolving:
         lines += ["", "Evolution off after training (the family's own off switch; same test set): accuracy (%) "
                   "and the paired change off − on with its 95 % t interval.", "",
-                  "| family | on: mean | off: mean ± sd | off: min / max | off − on | 95 % CI | p |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| family | off means | on: mean | off: mean ± sd | off: min / max | off − on | 95 % CI | p |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for f in evolving:
             o, c = fams[f]["off"], fams[f]["off"]["change"]
             ci = "–" if c["ci_low"] is None else f"[{_fmt(c['ci_low'], signed=True)}, {_fmt(c['ci_high'], signed=True)}]"
-            lines.append(f"| {fams[f]['title']} | {fams[f]['mean']:.2f} | {o['mean']:.2f} ± {_fmt(o['sd'])} | "
+            lines.append(f"| {fams[f]['title']} | {o['meaning'] or '–'} | {fams[f]['mean']:.2f} | "
+                         f"{o['mean']:.2f} ± {_fmt(o['sd'])} | "
                          f"{o['min']:.2f} / {o['max']:.2f} | {_fmt(c['mean'], signed=True)} | {ci} | {_p(c['p'])} |")
     mc = st["mcnemar"]
     if mc and mc["per_seed"]:
@@ -308,6 +311,7 @@ def summary(grid: FamilyGrid, rows: list[dict], st: dict, name: str) -> str:
     missing = [r["run"] for r in rows if not r["finished"]]
     if missing:
         lines += ["", f"Not finished (left out of the statistics): {', '.join(missing)}."]
+    lines += ["", "Every run's curves and evolution views: `tensorboard --logdir OUT` (one run per family and seed)."]
     return "\n".join(lines) + "\n"
 
 

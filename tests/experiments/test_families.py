@@ -147,6 +147,7 @@ def test_summary_statistics_by_hand(tmp_path):
     assert f"| ANODEV2-rda | 3 | 60.00 ± 7.50 | 52.50 / 67.50 | +5.00 | [{5 - half:+.2f}, {5 + half:+.2f}] |" in md
     assert "| ANODE (static θ) | 3 | 55.00 ± 5.00 | 50.00 / 60.00 | reference |" in md
     assert "| 2 | 40 | 0 | 3 | exact binomial | 0.25 |" in md
+    assert "| ANODEV2-rda | θ(t) = θ0 | 60.00 | 55.00 ± 4.33 | 50.00 / 57.50 | -5.00 |" in md
     assert "WARNING" not in md and "Not finished" not in md
     rows = list(__import__("csv").DictReader(open(tmp_path / "runs.csv")))
     assert len(rows) == 9 and all(r["agrees_with_trainer"] == "True" for r in rows)
