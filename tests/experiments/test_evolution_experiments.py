@@ -163,6 +163,22 @@ def test_capability_quick_run(tmp_path, capsys):
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")] == table
 
 
+def test_family_params_closed_forms(capsys):
+    """experiments/family_params.py (docs/MODELS.md's family table) on resnet4 at width 0.25: its one
+    ODE block has two 3x3 convs 4 -> 4 (euler x 3), every family's count in closed form."""
+    from experiments import family_params
+
+    c, cells, outs = 4, 9, 2 * 4  # channels, kernel cells, output channels of the two targets
+    weights = 2 * c * c * cells
+    expected = {"diffusion": outs, "advection": 4 * outs, "reaction": cells * outs, "rda": (1 + 4 + cells) * outs,
+                "generator": (36 + 36 + 9) * outs, "linear": weights, "galerkin": 2 * weights, "untied": 2 * weights,
+                "time_input": outs * cells}
+    (row,) = family_params.family_table(["resnet4"], 0.25)
+    assert {k: row[k] for k in family_params.KINDS} == expected
+    assert family_params.main(["--models", "resnet4", "--width", "0.25"]) == 0
+    assert f"| resnet4 | {row['anode']:,} | 8 (" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evo_run") / "run"
