@@ -10,13 +10,13 @@ checkpoint copy (4 copies) exceed the device's memory, naming the largest width 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
 import torch
 
 from .config import Config, ConfigError, yaml_text
-from .datasets import dataset_info
 
 __all__ = ["check_model_memory", "check_evolution_targets", "device_memory_bytes", "COPIES"]
 
@@ -36,12 +36,10 @@ def check_model_memory(cfg: Config, device: torch.device, memory: int | None = N
     m = cfg.model
     if m.width <= 1:
         return
-    from .. import models
-    facts = dataset_info(cfg.data.name)
+    from .runs import build_model
     try:
-        opts = {**m.build_options(), "width": 1.0}
         with torch.device("meta"):
-            unit = models.build(m.name, m.variant, num_classes=facts.classes, in_channels=facts.channels, **opts)
+            unit = build_model(dataclasses.replace(cfg, model=dataclasses.replace(m, width=1.0)))
     except Exception:  # noqa: BLE001 - the real build reports what is wrong with the options
         return
     params = sum(p.numel() for p in unit.parameters()) * m.width ** 2
@@ -62,15 +60,12 @@ def check_evolution_targets(cfg: Config, model: torch.nn.Module) -> None:
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
     evolving = [t for b in blocks if b.evolution is not None and not getattr(b.evolution, "is_static", False)
                 for t in b.evolution.targets]
-    ev = getattr(cfg.model, "evolution", None)
-    kind = ev if isinstance(ev, str) or ev is None else (ev.get("kind") if hasattr(ev, "get") else None)
+    ev = cfg.model.evolution  # None (the variant's default) or the resolved mapping {"kind": ..., ...}
+    kind = None if ev is None else ev["kind"]
     wants = kind not in (None, "static") or (kind is None and cfg.model.variant == "anodev2")
     if blocks and wants and not evolving:
-        flat = hasattr(cfg.model, "evolution_targets")  # the config's spelling of the targets
-        key = "model.evolution_targets" if flat else "model.evolution.targets"
-        targets = getattr(cfg.model, "evolution_targets", None) if flat else (ev.get("targets") if hasattr(ev, "get")
-                                                                                else None)
+        targets = None if ev is None else ev.get("targets")
         shown = yaml_text(list(targets) if isinstance(targets, (list, tuple)) else targets)
-        raise ConfigError(f"{key}={shown} selects no weight of any ODE block: this {cfg.model.variant} network would "
+        raise ConfigError(f"model.evolution.targets={shown} selects no weight of any ODE block: this {cfg.model.variant} network would "
                           f"evolve nothing; allowed: null (the variant's default targets) or names/patterns of "
                           f"parameters of f, or model.variant=anode for static weights")

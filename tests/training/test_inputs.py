@@ -156,9 +156,7 @@ def test_a_hand_made_checkpoint_names_the_missing_key(one_epoch_run, tmp_path, c
 
 
 def test_an_anodev2_network_that_evolves_nothing_is_refused(tmp_path, capsys):
-    from anodev2.training.config import ModelConfig
-    flat = "evolution_targets" in ModelConfig.__dataclass_fields__
-    key = "model.evolution_targets" if flat else "model.evolution.targets"
+    key = "model.evolution.targets"
     assert main(["--config", "smoke", "data.name=synthetic", "model.width=0.25", f"{key}=[]",
                  f"out_dir={tmp_path / 'run'}"]) == 2
     err = _one_error_line(capsys.readouterr().err)
