@@ -239,6 +239,30 @@ class _PieceField(nn.Module):
         return self.field(t, state, piece=self.piece)
 
 
+class _OffField(nn.Module):
+    """``field`` with its evolution switched off, independent of the switch's later state: f with
+    its stored weights θ0 (ode kinds: θ(t) = θ(t0); linear / galerkin / untied: θ0), or f whose
+    time-input convs see t0 (time_input)."""
+
+    def __init__(self, field: CoupledField) -> None:
+        super().__init__()
+        self.field = field
+
+    def forward(self, t: Tensor, z):
+        field = self.field
+        f, evo = field.f, field.evolution
+        args = (t, z) if field.time_input else (z,)
+        if field.style == "time_input":
+            t0 = torch.full_like(t, evo.t0)
+            if field.recording is not None:
+                field.recording.append((t0.detach(), None))
+            with evo.at_time(t0):
+                return f(*args)
+        if field.recording is not None:
+            field.recording.append((t.detach(), tuple(f.get_parameter(n).detach() for n in evo.targets)))
+        return f(*args)
+
+
 class ODEBlock(nn.Module):
     """``z(t1)`` of ``dz/dt = f(z, θ(t))``, ``dθ/dt = q(θ, p)`` from ``z(t0) = input``.
 
@@ -365,6 +389,8 @@ class ODEBlock(nn.Module):
 
     # --- forward ---------------------------------------------------------------------
     def forward(self, z: Tensor) -> Tensor:
+        if self.field.style != "static" and not self.evolution.enabled:
+            return self._forward_off(z)
         names = self.field.names
         record = self.record_weights and bool(names)
         self._trajectory = []
@@ -414,6 +440,24 @@ class ODEBlock(nn.Module):
     def uncompile_field(self) -> "ODEBlock":
         self.__dict__.pop("_compiled_field", None)
         return self
+
+    def _forward_off(self, z: Tensor) -> Tensor:
+        """The block with its evolution switched off: a solve of z alone through a field that does
+        not read the switch (:class:`_OffField`), so a backward run after leaving the context
+        recomputes exactly this forward. θ(t_n) views show θ0."""
+        params = dict(self.f.named_parameters())
+        if self.record_weights and self.field.names:
+            self._trajectory = [tuple(params[n].detach() for n in self.field.names)] * (self.steps + 1)
+        else:
+            self._trajectory = []
+        self.field.recording = [] if self.record_weights else None
+        solve_params = () if isinstance(self.grad_mode, Backprop) else list(self.f.parameters()) + (
+            list(self.evolution.parameters()) if self.field.style == "time_input" else [])  # t0·V is used
+        try:
+            return odeint(_OffField(self.field), z, self.t0, self.t1, steps=self.steps, method=self.tableau,
+                          grad=self.grad_mode, params=solve_params, stats=self.last_stats)
+        finally:
+            self._evaluations, self.field.recording = self.field.recording or [], None
 
     def _solve_pieces(self, z: Tensor, pieces: int) -> Tensor:
         """Piecewise-constant (untied) weights: one solve of ``steps / pieces`` steps per piece, so

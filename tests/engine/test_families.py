@@ -330,6 +330,14 @@ def test_evolution_off_means_what_the_registry_says(kind):
     assert torch.equal(blk(x), on)
     torch.testing.assert_close(off, anode(x), rtol=1e-13, atol=1e-14)
     assert not torch.allclose(on, off)
+    # a backward run after leaving the context recomputes the forward that was switched off
+    with blk.evolution_off():
+        loss = blk(x).sin().square().sum()
+    grads = torch.autograd.grad(loss, list(blk.f.parameters()))
+    _, expected = loss_and_grads(anode, x, list(anode.f.parameters()))
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert len(blk.weights_at()["conv1.weight"]) == 3
 
 
 def _own_count(kind: str, shape, steps: int = 3) -> int:
