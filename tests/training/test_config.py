@@ -8,6 +8,7 @@ from anodev2 import models
 from anodev2.training.config import (CONFIG_DIR, ConfigError, available_configs, config_from_dict, config_to_dict,
                             dump_config, find_config, load_config, parse_overrides)
 from anodev2.training.optim import lr_at
+from anodev2.training.runs import build_model
 
 SHIPPED = ["aconnect", "baseline", "neuralode", "anode", "smoke", "mnist_smoke"]
 
@@ -17,8 +18,7 @@ def test_shipped_configs_exist_and_build():
     for name in SHIPPED:
         cfg = load_config(name)
         assert cfg.out_dir == f"runs/{name}"
-        in_ch = 1 if cfg.data.name == "mnist" else 3
-        net = models.build(cfg.model.name, cfg.model.variant, in_channels=in_ch, **cfg.model.build_options())
+        net = build_model(cfg)  # channels and classes from the data-set table
         assert cfg.model.variant == "baseline" or models.ode_blocks(net)
 
 
