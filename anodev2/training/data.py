@@ -139,7 +139,7 @@ def _check_split(x: np.ndarray, y: np.ndarray, info: DatasetInfo, split: str) ->
         raise DataError(f"y_{split} has dtype {y.dtype} and shape {list(y.shape)}; allowed: integer [{x.shape[0]}]")
     if y.min() < 0 or y.max() >= info.classes:
         raise DataError(f"y_{split} holds labels {int(y.min())}..{int(y.max())}; "
-                        f"allowed for {info.name}: 0..{info.classes - 1}")
+                        f"allowed: 0..{info.classes - 1} ({info.name} has {info.classes} classes)")
 
 
 def _check_classes(y_train: np.ndarray, info: DatasetInfo) -> None:
