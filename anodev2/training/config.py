@@ -128,7 +128,7 @@ def _resolve_grad(key: str, value, section: Mapping):
     try:
         return models.resolve_grad(_variant_of(section), value, where=key)
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_switch_hint(str(e), key, value, "mode")) from None
 
 
 def _resolve_evolution(key: str, value, section: Mapping):
@@ -141,8 +141,30 @@ def _resolve_evolution(key: str, value, section: Mapping):
     try:
         spec = models.resolve_variant_evolution(_variant_of(section), value, where=key)
     except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_switch_hint(str(e), key, value, "kind")) from None
     return spec
+
+
+def _switch_hint(message: str, key: str, value, name_key: str) -> str:
+    """``message`` + how to switch mode / kind when a mapping kept options of the previous one (a dotted
+    ``model.grad.mode=backprop`` over a file's ``{mode: checkpoint, checkpoints: 2}`` merges key by key)."""
+    if isinstance(value, Mapping) and len(value) > 1 and " is not an option of " in message:
+        return (f"{message} (to switch {name_key}, give the whole value: {key}={value.get(name_key, 'NAME')} "
+                f"or {key}={{{name_key}: ..., OPTION: VALUE}})")
+    return message
+
+
+def _resolve_amp(key: str, value):
+    """``train.amp`` -> False (float32) | True (CUDA float16 autocast + GradScaler; also spelled
+    ``fp16``) | ``"bf16"`` (bfloat16 autocast on CPU or CUDA, no scaler: bfloat16 has float32's range)."""
+    if value is False or value in ("off", "false", "fp32", "float32"):
+        return False
+    if value is True or value in ("fp16", "float16", "true"):
+        return True
+    if value in ("bf16", "bfloat16"):
+        return "bf16"
+    raise ConfigError(f"{key}={value!r} is not allowed; allowed: false | true (= fp16: CUDA float16 autocast + "
+                      "GradScaler) | bf16 (bfloat16 autocast, CPU or CUDA)")
 
 
 def _moved(key: str) -> ConfigError:

@@ -167,3 +167,17 @@ def test_model_options_cannot_shadow_a_model_key():
         with pytest.raises(ConfigError, match=rf"^model.options.{key} is not allowed; allowed: model.{key} "):
             load_config("aconnect", [f"model.options={{{key}: {value}}}"])
     assert load_config("aconnect", ["model.options={norm: group}"]).model.build_options()["norm"] == "group"
+
+
+def test_switching_mode_over_a_mapping_says_how(tmp_path):
+    """A dotted mode / kind merges key by key into the file's mapping, so the old mode's options stay:
+    the error says to give the whole value."""
+    path = write(tmp_path, {"grad": {"mode": "checkpoint", "checkpoints": 2}, "evolution": {"kind": "rda", "d_max": 0.1}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "model.grad.checkpoints is not an option of grad mode 'backprop'; allowed: no options (mode 'backprop' "
+            "has none) (to switch mode, give the whole value: model.grad=backprop or model.grad={mode: ..., ")):
+        load_config(path, ["model.grad.mode=backprop"])
+    with pytest.raises(ConfigError, match=re.escape("(to switch kind, give the whole value: model.evolution=linear ")):
+        load_config(path, ["model.evolution.kind=linear"])
+    cfg = load_config(path, ["model.grad=backprop", "model.evolution=linear"])
+    assert (cfg.model.grad, cfg.model.evolution) == (anodev2.Backprop(), {"kind": "linear"})
