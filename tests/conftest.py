@@ -5,6 +5,11 @@ import torch
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compile: runs torch.compile (dynamo tracing; seconds, not milliseconds); "
+                                       "deselect with -m 'not compile'")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -96,9 +96,15 @@ def _resolve_device(cfg: Config, local_rank: int) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but CUDA is not available; allowed here: auto | cpu")
     kind = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
-    if cfg.train.amp and kind != "cuda":
-        raise ConfigError("train.amp=true needs CUDA (train.device resolves to cpu); allowed here: train.amp=false")
+    if cfg.train.amp is True and kind != "cuda":
+        raise ConfigError("train.amp=true needs CUDA (train.device resolves to cpu): float16 autocast with a "
+                          "GradScaler; allowed here: train.amp=false | bf16")
     return torch.device(kind, local_rank) if kind == "cuda" else torch.device("cpu")
+
+
+def amp_dtype(amp) -> torch.dtype:
+    """The autocast dtype of ``train.amp`` (True: float16, "bf16": bfloat16)."""
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def _seed_everything(seed: int) -> None:
@@ -243,7 +249,7 @@ def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> RunCont
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     run = RunContext(cfg=cfg, out=out, device=device, dist=info, model=model, net=net,
-              opt=build_optimizer(cfg.optim, model), scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp),
+              opt=build_optimizer(cfg.optim, model), scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.amp is True),
               train_loader=train_loader, test_loader=test_loader, fixed_batch=next(iter(fixed))[0].to(device))
     if info.is_main:
         print(f"run {out}: {cfg.model.name}/{cfg.model.variant} on {cfg.data.name} "
@@ -316,7 +322,7 @@ def train_one_epoch(run: RunContext, state: RunState, epoch: int) -> dict:
             run.opt.zero_grad(set_to_none=True)
             loss_sum, correct = torch.zeros((), dtype=torch.float64), 0
             for xm, ym, weight in _micro_batches(x, y, cfg.train.micro_batches):
-                with torch.autocast(dev.type, dtype=torch.float16, enabled=cfg.train.amp):
+                with torch.autocast(dev.type, dtype=amp_dtype(cfg.train.amp), enabled=bool(cfg.train.amp)):
                     logits = run.net(xm)
                     loss = F.cross_entropy(logits.float(), ym)
                 bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
@@ -355,7 +361,7 @@ def evaluate(run: RunContext, desc: str, eta: Optional[Callable[[float, float], 
     try:
         for x, y in run.test_loader:
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-            with torch.autocast(run.device.type, dtype=torch.float16, enabled=cfg.train.amp):
+            with torch.autocast(run.device.type, dtype=amp_dtype(cfg.train.amp), enabled=bool(cfg.train.amp)):
                 logits = model(x).float()
             loss = F.cross_entropy(logits, y, reduction="sum").double().cpu()
             sums += torch.stack([loss, (logits.argmax(1) == y).sum().double().cpu(),
@@ -392,7 +398,7 @@ def check_finite(run: RunContext, state: RunState, rec: dict) -> None:
 def save_checkpoint(run: RunContext, state: RunState, is_best: bool) -> None:
     """Write last.pt (and best.pt when ``is_best``) with their SHA-256 sidecars (rank 0 only)."""
     ck = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "model": run.model.state_dict(),
-          "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp else {},
+          "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp is True else {},
           "rng": rng_state(), "config": config_to_dict(run.cfg), "history": state.history,
           "best_test_acc": state.best_test_acc, "optimizer_steps": state.optimizer_steps}
     with deferred_interrupt():  # Ctrl-C waits until both files and their sidecars are whole
