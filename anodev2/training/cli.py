@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_from_dict, describe_keys,
                      dump_config, load_config, load_raw, merge_raw, parse_overrides)
 from .data import DataError
-from .resume_guard import RESUMES_KEY, free_keys, guard_resume
+from .resume_guard import FIXED_BY_CHECKPOINT, RESUMES_KEY, free_keys, guard_resume
 from .run_files import CheckpointError, RunLockedError
 from .trainer import NonFiniteError, UsageError, fit, with_absolute_data_root
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
               f"--resume RUN_DIR continues the run recorded in RUN_DIR/config.yaml. Overrides may change only\n"
               f"{textwrap.fill(', '.join(free_keys()) + ';', 110, initial_indent='  ', subsequent_indent='  ')}\n"
               f"  any other key (model, data, train.seed, train.batch_size: what defines the model, the data or the\n"
-              f"  randomness) exits 2 naming it unless given with --allow-change KEY. Every resume and its changes\n"
+              f"  randomness) exits 2 naming it unless given with --allow-change KEY ({', '.join(FIXED_BY_CHECKPOINT)}\n"
+              f"  cannot change: the saved optimiser state belongs to it). Every resume and its changes\n"
               f"  (old -> new) are appended to the '{RESUMES_KEY}:' list of config.yaml.\n\n"
               "multi-process: torchrun --nproc_per_node=N train_coupled.py --config ... (gloo on CPU, NCCL on CUDA)\n"
               "exit status: " + ", ".join(f"{code} {what}" for what, code in EXIT_STATUS.items()))

@@ -27,7 +27,7 @@ import yaml
 
 from .config import Config, ConfigError, _leaf_keys, _sections, config_to_dict, dump_config, yaml_text
 
-__all__ = ["FREE_KEYS", "free_keys", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
+__all__ = ["FREE_KEYS", "FIXED_BY_CHECKPOINT", "free_keys", "check_allowed_keys", "changes", "guard_resume", "config_yaml",
            "settings_before", "check_resumes_value", "check_checkpoint", "RESUMES_KEY"]
 
 RESUMES_KEY = "resumes"
@@ -45,9 +45,13 @@ def _matches(key: str, pattern: str) -> bool:
     return key == p or key.startswith(p + ".")
 
 
+#: free by the rule above but refused when the checkpoint is restored: the optimiser's saved state belongs to it
+FIXED_BY_CHECKPOINT = ("optim.name",)
+
+
 def free_keys() -> list[str]:
-    """The leaf config keys a resume may change freely (for --help)."""
-    return [k for k in _leaf_keys() if any(_matches(k, f) for f in FREE_KEYS)]
+    """The leaf config keys a resume may change (for --help)."""
+    return [k for k in _leaf_keys() if any(_matches(k, f) for f in FREE_KEYS) and k not in FIXED_BY_CHECKPOINT]
 
 
 def check_allowed_keys(keys: Sequence[str]) -> None:
