@@ -16,7 +16,6 @@ counted with dynamo's counters; run with ``TORCH_LOGS=graph_breaks`` for the ful
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 import anodev2
 from anodev2 import models
+from experiments.output import write_csv
 
 
 def _step(model, x, y):
@@ -120,11 +120,7 @@ def main(argv=None) -> int:
                       f"breaks {r['graph_breaks']} {r['break_reasons']}", flush=True)
     print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     if a.out is not None:
-        a.out.mkdir(parents=True, exist_ok=True)
-        with open(a.out / "compile.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(a.out / "compile.csv", rows)
         print(f"wrote {a.out / 'compile.csv'}")
     return 0
 

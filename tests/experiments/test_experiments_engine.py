@@ -5,7 +5,6 @@ they record are consistent with the engine: exact checkpoint gradients, binomial
 counts, equal f-evaluation counts), not the science: quick sizes make timings meaningless.
 """
 import csv
-import importlib.util
 import math
 
 import pytest
@@ -20,10 +19,6 @@ from experiments.bench import block as bc
 def _read(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _have_torchdiffeq():
-    return importlib.util.find_spec("torchdiffeq") is not None
 
 
 # ----------------------------------------------------------------------------- grad_accuracy
@@ -66,7 +61,7 @@ def test_bench_adjoint_quick(tmp_path, capsys):
     rows = {r["variant"]: r for r in _read(tmp_path / "bench_adjoint.csv")}
     want = {"backprop", "checkpoint(all)", "checkpoint(c=2)", "checkpoint(c=4)", "checkpoint(all, keep fwd)",
             "backsolve"}
-    if _have_torchdiffeq():
+    if bc.have_torchdiffeq():
         want |= {"torchdiffeq odeint", "torchdiffeq odeint_adjoint"}
     assert set(rows) == want
     nt = 4
@@ -86,7 +81,7 @@ def test_bench_adjoint_quick(tmp_path, capsys):
     assert int(keep["recomputed_steps"]) == 0 and int(keep["f_calls_step"]) == 4 * (nt + nt)
     assert int(rows["backprop"]["f_calls_step"]) == 4 * nt
     assert int(rows["backsolve"]["f_calls_step"]) == 8 * nt
-    if _have_torchdiffeq():
+    if bc.have_torchdiffeq():
         assert int(rows["torchdiffeq odeint"]["f_calls_step"]) == 4 * nt
         assert int(rows["torchdiffeq odeint_adjoint"]["f_calls_step"]) == 8 * nt
         # in-process (quick) rows share one RSS high-water mark: the memory column may be 0 (ratio empty)
