@@ -116,6 +116,21 @@ def resolve_resume(config: Optional[str], overrides: Sequence[str], resume: str,
     return new, resumes + [entry]
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure (CPU allocator, CUDA OOM, Python's MemoryError)."""
+    if isinstance(e, MemoryError):
+        return True
+    import torch
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text
+
+
+def _memory_message(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    at = text.find("you tried to allocate")
+    return (text[at:at + 80].split(". Error")[0] if at >= 0 else text[:120]) or type(e).__name__
+
+
 def _resume_command(out_dir: str) -> str:
     launcher = "torchrun --nproc_per_node=" + os.environ["WORLD_SIZE"] if int(
         os.environ.get("WORLD_SIZE", "1")) > 1 else "python"
@@ -149,6 +164,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("bad input", str(e))
     except NonFiniteError as e:
         return fail("diverged", str(e))
+    except (MemoryError, RuntimeError) as e:  # an allocation that cannot be met: a size, not a divergence
+        if not _out_of_memory(e):
+            raise
+        last = Path(cfg.out_dir) / "last.pt" if cfg is not None else None
+        kept = f"{last} kept" if last is not None and last.is_file() else "no checkpoint was written"
+        return fail("bad input", f"out of memory ({_memory_message(e)}); {kept}; allowed: sizes that fit the "
+                                 f"device: a smaller train.batch_size, more train.micro_batches or a smaller "
+                                 f"model.width")
     except KeyboardInterrupt:  # Ctrl-C: no traceback; last.pt is whole (written atomically)
         last = Path(cfg.out_dir) / "last.pt" if cfg is not None else None
         kept = (f"{last} kept; continue with: {_resume_command(cfg.out_dir)}" if last is not None and last.is_file()

@@ -179,3 +179,26 @@ def test_changes_compare_mappings_key_by_key_and_report_a_replaced_mapping_whole
     rec = [{"changed": {k: {"old": o, "new": n} for k, (o, n) in changes(new, newer).items()}}]
     from anodev2.training.config import config_to_dict
     assert settings_before(config_to_dict(newer), rec, 0) == config_to_dict(new)
+
+
+@pytest.mark.parametrize("error, words", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 400000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory (you tried to allocate 400000000000000 bytes); no checkpoint was written; allowed: sizes"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+     "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)"),
+    (MemoryError(), "out of memory (MemoryError)"),
+])
+def test_an_allocation_that_cannot_be_met_is_one_error_line(tmp_path, capsys, monkeypatch, error, words):
+    """e.g. train.batch_size=1000000: the allocator's failure is a size the user chose, exit 2, no traceback."""
+    import anodev2.training.cli as cli
+
+    def fit(*a, **k):
+        raise error
+    monkeypatch.setattr(cli, "fit", fit)
+    assert main(["--config", "smoke", f"out_dir={tmp_path / 'run'}"]) == 2
+    err = _one_error_line(capsys.readouterr().err)
+    assert words in err and "train.batch_size" in err, err
+    monkeypatch.setattr(cli, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("some other bug")))
+    with pytest.raises(RuntimeError, match="some other bug"):  # not every RuntimeError is a memory error
+        main(["--config", "smoke", f"out_dir={tmp_path / 'run'}"])
