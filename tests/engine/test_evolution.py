@@ -334,16 +334,17 @@ def _write(evo: RDAEvolution, how: str, value: float) -> None:
         vector_to_parameters(torch.full_like(parameters_to_vector(evo.parameters()), value), evo.parameters())
 
 
+@pytest.mark.parametrize("kind", ["rda", "generator"])
 @pytest.mark.parametrize("how", WRITE_PATHS)
-def test_bounds_hold_however_parameters_are_written(how):
+def test_bounds_hold_however_parameters_are_written(how, kind):
     """Issue 18 W5: out-of-bound values written by any path are clamped in the forward,
     coefficients() reports exactly what the forward uses, and every path gives the same output."""
     shapes = {"a.weight": (3, 2, 3, 3), "b.weight": (2, 3, 3, 3)}
     thetas = tuple(torch.randn(s, dtype=D64) for s in shapes.values())
-    reference = build_evolution("rda", shapes).double()
+    reference = build_evolution(kind, shapes).double()
     reference.set_coefficients({f"{n}/{t}": reference.bounds()[t][1] for n in shapes for t in reference.terms})
     expected = reference(T0, thetas)
-    evo = build_evolution("rda", shapes).double()
+    evo = build_evolution(kind, shapes).double()
     evo(T0, thetas)  # the projection bookkeeping has seen the old tensors
     _write(evo, how, 5.0)
     reported = evo.coefficients()
