@@ -25,7 +25,9 @@ every conv weight of f evolving):
   that it has at least as many parameters as the largest family (more parameters alone);
 * ``rda``, ``generator`` - ANODEV2: the weights follow their own ODE ``dθ/dt = q(θ, p)``;
 * ``linear`` (θ0 + tθ1), ``galerkin`` (basis functions of t), ``untied`` (one weight set per
-  solver step), ``time_input`` (t as an extra input channel of every conv of f).
+  solver step), ``time_input`` (t as an extra input channel of every conv of f);
+  ``linear_conv1``: ``linear`` on the first conv only, about as many added parameters as ``rda``
+  (a parameter-matched schedule).
 
 **Protocol**, per seed (the seed draws the teacher's phases, signs and W2, the data and every
 student's initialisation; the same for every family): for every learning rate of ``--lrs``,
@@ -55,7 +57,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -63,10 +65,16 @@ from torch import nn
 from anodev2 import ODEBlock
 from anodev2.evolution import EVOLUTION_KINDS
 
-#: student families: name -> evolution kind given to ODEBlock (None: static weights)
-FAMILIES: dict[str, Optional[str]] = {
+#: student families: name -> the evolution given to ODEBlock (None: static weights)
+FAMILIES: dict[str, Union[None, str, dict]] = {
     "anode": None, "anode_wide": None, "rda": "rda", "generator": "generator", "linear": "linear",
+    "linear_conv1": {"kind": "linear", "targets": ["0.weight"]},
     "galerkin": "galerkin", "time_input": "time_input", "untied": "untied"}
+
+
+def _kind(family: str) -> Optional[str]:
+    spec = FAMILIES[family]
+    return spec["kind"] if isinstance(spec, dict) else spec
 OBS = 3  #: observed times k/OBS, k = 1..OBS
 TEACHER_STEPS = 8  #: teacher rk4 steps per observed interval
 
@@ -188,7 +196,7 @@ def count(module: nn.Module) -> int:
 
 def available(families: Sequence[str]) -> list[str]:
     """The families whose evolution kind the library provides (static ones always)."""
-    return [f for f in families if FAMILIES[f] is None or FAMILIES[f] in EVOLUTION_KINDS]
+    return [f for f in families if _kind(f) is None or _kind(f) in EVOLUTION_KINDS]
 
 
 def wide_hidden(task: Task, families: Sequence[str]) -> int:

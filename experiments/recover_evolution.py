@@ -19,6 +19,7 @@ True values: magnitude 20-80 % of the term's bound (uniform), sign random for si
     python experiments/recover_evolution.py                 # every ODE kind (minutes on one CPU)
     python experiments/recover_evolution.py --quick         # toy scale, seconds (what the tests run)
     python experiments/recover_evolution.py --kinds advection --seed 3
+    python experiments/recover_evolution.py --conditioning     # identifiability: singular values of the Jacobian
 """
 
 from __future__ import annotations
@@ -169,6 +170,31 @@ def trajectory_error(teacher: dict[str, list], student: dict[str, list]) -> floa
     return worst
 
 
+def conditioning(kind: str, setting: Setting = Setting(), seed: int = 0) -> torch.Tensor:
+    """Singular values (descending) of the Jacobian of the teacher block's outputs with respect to
+    its coefficients, at the true coefficients (the setting and seed of :func:`recover`, gradient
+    by backprop): a value near 0 is a direction of the coefficients the outputs do not see."""
+    torch.manual_seed(seed)
+    s = setting
+    f = make_f(s.channels).double()
+    with torch.no_grad():
+        for conv in (f[0], f[2]):
+            conv.weight.mul_(2.0)
+    shapes = {n: p.shape for n, p in f.named_parameters() if p.dim() == 4}
+    evo = build_evolution(kind, shapes).double()
+    evo.set_coefficients(true_coefficients(evo, seed + 1))
+    block = ODEBlock(f, steps=s.steps, method=s.method, grad="backprop", evolution=evo).double()
+    x = torch.randn(s.batch, s.channels, s.size, s.size, dtype=torch.float64)
+    names = [f"evolution.{n}" for n, _ in evo.named_parameters()]
+    values = tuple(p.detach().clone() for p in evo.parameters())
+
+    def outputs(*params):
+        return torch.func.functional_call(block, dict(zip(names, params)), (x,)).flatten()
+
+    jac = torch.autograd.functional.jacobian(outputs, values)
+    return torch.linalg.svdvals(torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, help=f"Adam's initial learning rate (default {Setting.lr})")
     p.add_argument("--seed", type=int, default=0, help="seed of f, the truth and the inputs (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--conditioning", action="store_true",
+                   help="instead of fitting, print the singular values of d(outputs)/d(coefficients) at the truth")
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in kinds if k not in KINDS]
@@ -199,6 +227,14 @@ def main(argv=None) -> int:
         p.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
     print(f"setting: {setting}, seed {args.seed}")
+    if args.conditioning:
+        print(f"{'kind':<11}{'coefs':>6}{'largest':>10}{'smallest':>10}{'condition':>11}  smallest 6")
+        for kind in kinds:
+            sv = conditioning(kind, setting, args.seed)
+            small = " ".join(f"{v:.1e}" for v in sv[-6:].tolist())
+            print(f"{kind:<11}{sv.numel():>6}{sv[0].item():>10.2e}{sv[-1].item():>10.2e}"
+                  f"{(sv[0] / sv[-1]).item():>11.1e}  {small}", flush=True)
+        return 0
     print(f"{'kind':<11}{'coefs':>6}{'max rel err':>13}{'max abs err':>13}{'final MSE':>11}{'θ(t) err':>10}"
           f"{'steps':>7}{'s':>7}  pass", flush=True)
     ok = True
