@@ -39,7 +39,7 @@ def test_output_that_is_not_a_terminal_gets_plain_progress_lines_for_training_an
         assert [line.split()[3] for line in test] == ["1/1"]
         for line in train + test:
             assert re.fullmatch(r"epoch \d/2 (train|test) \d/\d \(\d+%\) loss \d+\.\d{4} \d+ img/s "
-                                r"elapsed \d:\d\d:\d\d ETA \d:\d\d:\d\d", line), line
+                                r"elapsed \d:\d\d:\d\d ETA \d:\d\d:\d\d run ETA \d:\d\d:\d\d", line), line
     assert "\r" not in "".join(out)  # no tqdm bar in a log file
 
 
