@@ -191,7 +191,15 @@ class SliceEvolution(WeightEvolution):
 
     def _project(self) -> None:
         """Clamp in place every stored coefficient tensor written since the last check (any way:
-        new tensor, new storage or in-place change) into its bounds, so its gradient flows."""
+        new tensor, new storage or in-place change) into its bounds, so its gradient flows.
+        Under ``torch.compile`` (no data-dependent branch, no storage pointers): every tensor is
+        clamped in place at each call, which leaves in-bound values unchanged."""
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                for term in self.term_specs:
+                    for group in self._groups:
+                        self.coef[_param_key(term.name, group.key)].clamp_(term.low, term.high)
+            return
         for term in self.term_specs:
             for group in self._groups:
                 key = _param_key(term.name, group.key)

@@ -411,3 +411,37 @@ def test_model_level_evolution_off_and_options_through_models_build():
         assert not any(b.evolution.enabled for b in blocks)
         torch.testing.assert_close(model(x), anode(x), rtol=1e-13, atol=1e-13)
     assert all(b.evolution.enabled for b in blocks) and not torch.allclose(model(x), anode(x))
+
+
+@pytest.mark.compile  # dynamo tracing, a few seconds
+def test_ode_kind_compiles_without_graph_breaks_and_projects_its_bounds():
+    """Under torch.compile the RDA evolution traces without a graph break (no storage pointers
+    or data-dependent branch in its projection) and still projects out-of-bound stored values."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) is not supported on this platform / Python")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh(), nn.Conv2d(2, 2, 3, padding=1))
+    blk = ODEBlock(f, steps=2, method="euler", grad=anodev2.Backprop(), evolution="rda")
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), blk, nn.Flatten(), nn.Linear(32, 3))
+    x = torch.randn(2, 1, 4, 4)
+    blk.evolution.set_coefficients({f"{n}/{t}": 0.5 * blk.evolution.bounds()[t][1]
+                                    for n in blk.evolution.targets for t in blk.evolution.terms})
+
+    def grads(model):
+        net.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    eager = grads(net)
+    counters.clear()
+    compiled = anodev2.compile(net, backend="aot_eager")
+    for a, b in zip(eager, grads(compiled)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    with torch.no_grad():
+        blk.evolution.coef["diffusion_k3x3"].fill_(7.0)
+    compiled(x)
+    assert torch.equal(blk.evolution.coef["diffusion_k3x3"].detach(), torch.full((4, 1), 0.125))
