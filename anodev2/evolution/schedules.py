@@ -33,11 +33,31 @@ from torch import nn
 
 from .base import WeightEvolution, safe_key
 
-__all__ = ["WeightSchedule", "LinearSchedule", "GalerkinSchedule", "UntiedSchedule", "galerkin_basis"]
+__all__ = ["WeightSchedule", "LinearSchedule", "GalerkinSchedule", "UntiedSchedule", "galerkin_basis", "set_own"]
 
 
 def _zeros(shape) -> nn.Parameter:
     return nn.Parameter(torch.zeros(shape))
+
+
+def set_own(evo: WeightEvolution, mapping: Mapping[str, object], own: Mapping[str, torch.Tensor]) -> None:
+    """``set_coefficients`` of families whose coefficients are unbounded parameters."""
+    updates = []
+    for key, value in mapping.items():
+        if key not in own:
+            raise ValueError(f"unknown coefficient {key!r} of evolution kind {evo.kind!r}; keys: {sorted(own)}")
+        v = torch.as_tensor(value, dtype=torch.float64)
+        try:
+            v = torch.broadcast_to(v, own[key].shape)
+        except RuntimeError:
+            raise ValueError(f"coefficient {key!r} needs a number or a tensor of shape {list(own[key].shape)}, "
+                             f"got shape {tuple(v.shape)}") from None
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"coefficient {key!r} must be finite")
+        updates.append((own[key], v))
+    with torch.no_grad():
+        for p, v in updates:
+            p.copy_(v.to(p.dtype))
 
 
 class WeightSchedule(WeightEvolution):
@@ -78,6 +98,12 @@ class WeightSchedule(WeightEvolution):
                 if self._own(name).numel()}  # untied with one piece has no own parameters
 
     part = "weights"
+
+    def set_coefficients(self, mapping: Mapping[str, object]) -> None:
+        """Set the family's own parameters exactly: ``{"<target>/<part>": tensor of the shape
+        :meth:`coefficients` reports, or a number}``; unknown key, wrong shape or non-finite
+        value -> ValueError (nothing changed)."""
+        set_own(self, mapping, {f"{n}/{self.part}": self._own(n) for n in self.targets})
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, targets={self.targets}, t=[{self.t0}, {self.t1}]"

@@ -110,5 +110,10 @@ class TimeInputEvolution(WeightEvolution):
         """``{"<target>/time_kernel": V [O, 1, kH, kW]}`` (detached)."""
         return {f"{n}/time_kernel": self.weights[safe_key(n)].detach().clone() for n in self.targets}
 
+    def set_coefficients(self, mapping: Mapping[str, object]) -> None:
+        """Set the t-channel kernels exactly: ``{"<target>/time_kernel": tensor [O, 1, kH, kW] or number}``."""
+        from .schedules import set_own
+        set_own(self, mapping, {f"{n}/time_kernel": self.weights[safe_key(n)] for n in self.targets})
+
     def extra_repr(self) -> str:
         return f"kind='time_input', targets={self.targets}, t=[{self.t0}, {self.t1}]"

@@ -445,3 +445,20 @@ def test_ode_kind_compiles_without_graph_breaks_and_projects_its_bounds():
         blk.evolution.coef["diffusion_k3x3"].fill_(7.0)
     compiled(x)
     assert torch.equal(blk.evolution.coef["diffusion_k3x3"].detach(), torch.full((4, 1), 0.125))
+
+
+@pytest.mark.parametrize("kind", EXPLICIT + ("time_input",))
+def test_set_coefficients_of_unbounded_families_round_trips(kind):
+    evo = build_evolution(kind, {"a.weight": (2, 3, 3, 3)}, steps=3)
+    values = {k: torch.randn(v.shape, dtype=D) for k, v in evo.coefficients().items()}
+    evo.set_coefficients(values)
+    for k, v in evo.coefficients().items():
+        assert torch.equal(v, values[k].float())
+    key = next(iter(values))
+    with pytest.raises(ValueError, match="unknown coefficient 'a.weight/nope'"):
+        evo.set_coefficients({"a.weight/nope": 0.0})
+    with pytest.raises(ValueError, match="needs a number or a tensor of shape"):
+        evo.set_coefficients({key: torch.zeros(7)})
+    with pytest.raises(ValueError, match="must be finite"):
+        evo.set_coefficients({key: float("inf")})
+    assert all(torch.equal(v, values[k].float()) for k, v in evo.coefficients().items())  # nothing changed
