@@ -35,6 +35,12 @@ ValueError), ``parameter_count()``, ``check_span(t0, t1, steps)``, ``off()`` (co
 galerkin (galerkin: the time-average), θ0 in every piece for untied, t frozen at t0 for
 time_input) and ``enabled``.
 
+On the block (``anodev2.ODEBlock``): ``block.evolution_off()`` (context manager),
+``anodev2.block.evolution_off(model)`` (every block of a network), ``block.weights_at(at="steps")``
+(θ(t_0..t_Nt)) and ``block.weights_at(at="evaluations")`` with ``block.evaluation_times()`` (θ at
+every time f was evaluated in the last forward); parameter counts: ``evo.parameter_count()``,
+``anodev2.models.describe(model)[i]["evolution_params"]``, ``param_counts(model)["evolution"]``.
+
 Zero initialisation (the default of every kind) makes a block exactly the ANODE block with the
 same weights. Zhang et al. 2019 (ANODEV2), arXiv 1906.04596; the operators are described in
 ``rda``, ``generator``, ``schedules``, ``time_input`` and docs/EVOLUTION.md.
