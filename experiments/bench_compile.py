@@ -56,7 +56,7 @@ def run_one(net: str, variant: str, grad: str, a) -> dict:
     _step(model, x, y)
     g_eager = _grads(model)
     model.load_state_dict(state)  # BatchNorm running stats back to where they were
-    compiled = anodev2.compile(model, backend=a.backend)
+    compiled = anodev2.compile(model, backend=a.backend, dynamic=a.dynamic)
     t0 = time.perf_counter()
     _step(compiled, x, y)
     g_comp = _grads(model)
@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--grads", nargs="+", default=["default", "backprop"],
                    help="gradient modes ('default' = the variant's, checkpoint)")
     p.add_argument("--backend", default="inductor")
+    p.add_argument("--dynamic", action="store_true",
+                   help="torch.compile(dynamic=None) instead of dynamic=False (static shapes, the default here: with "
+                        "automatic dynamic shapes inductor 2.14 fails on the anodev2 backprop graph's backward)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--width", type=float, default=1.0)
@@ -102,6 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="aot_eager backend, width 0.25, batch 2, 8x8, 2 repeats")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    a.dynamic = None if a.dynamic else False
     if a.quick:
         a.backend, a.width, a.batch, a.size, a.repeats = "aot_eager", 0.25, 2, 8, 2
     torch.set_num_threads(a.threads)

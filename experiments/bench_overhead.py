@@ -24,6 +24,10 @@ measures what is left:
   ``(2F+B)/(F+B)`` for ``keep_forward`` (no recompute sweep); the "exact" floors use the measured
   no-graph F0 for the sweeps that run without a graph: ``(F0 + F0 (Nt-1)/Nt + F + B)/(F+B)`` and
   ``(F0 + F + B)/(F+B)``;
+* ``minimal/checkpoint`` and ``minimal/keep_forward``: the same adjoint written by hand in ~30
+  lines in this file (forward without graph, recompute sweep, one ``autograd.grad`` per reversed
+  step; no RNG, BatchNorm, autocast or schedule handling): the floor of the per-step-VJP design
+  itself, which the library's rows are measured against (``--no-minimal`` drops them);
 * op counts: aten operations dispatched in one training step (a ``TorchDispatchMode`` counter,
   forward and backward), per step.
 
@@ -91,6 +95,54 @@ def hand_rk4(f: nn.Module, z: torch.Tensor, steps: int) -> torch.Tensor:
 HAND = {"euler": hand_euler, "rk4": hand_rk4}
 
 
+def _one_step(method: str, f: nn.Module, z: torch.Tensor, h: float) -> torch.Tensor:
+    if method == "euler":
+        return z + h * f(z)
+    k1 = f(z)
+    k2 = f(z + (h / 2) * k1)
+    k3 = f(z + (h / 2) * k2)
+    k4 = f(z + h * k3)
+    return z + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+class _MinimalCheckpoint(torch.autograd.Function):
+    """The checkpointed discrete adjoint written by hand in the fewest lines (no library): the
+    design's own floor -- forward without a graph, recompute sweep (unless ``keep``), one
+    ``autograd.grad`` per reversed step. No RNG/BatchNorm/autocast handling, no schedule."""
+
+    @staticmethod
+    def forward(ctx, method, f, steps, keep, z, *params):
+        h = 1.0 / steps
+        states = [z]
+        with torch.no_grad():
+            for _ in range(steps):
+                states.append(_one_step(method, f, states[-1], h))
+        ctx.method, ctx.f, ctx.steps = method, f, steps
+        ctx.save_for_backward(*(states[:-1] if keep else states[:1]))
+        return states[-1]
+
+    @staticmethod
+    def backward(ctx, lam):
+        method, f, steps = ctx.method, ctx.f, ctx.steps
+        h = 1.0 / steps
+        states = list(ctx.saved_tensors)
+        if len(states) == 1:
+            with torch.no_grad():
+                for _ in range(steps - 1):
+                    states.append(_one_step(method, f, states[-1], h))
+        params = tuple(f.parameters())
+        acc = None
+        for n in reversed(range(steps)):
+            with torch.enable_grad():
+                z = states[n].detach().requires_grad_(n > 0 or ctx.needs_input_grad[4])
+                wrt = ((z,) if z.requires_grad else ()) + params
+                g = torch.autograd.grad(_one_step(method, f, z, h), wrt, lam)
+            lam = g[0] if z.requires_grad else None
+            gp = g[len(wrt) - len(params):]
+            acc = list(gp) if acc is None else [a + b for a, b in zip(acc, gp)]
+        return (None, None, None, None, lam, *acc)
+
+
 class _TdqFunc(nn.Module):
     def __init__(self, f: nn.Module) -> None:
         super().__init__()
@@ -140,7 +192,8 @@ def _train_step(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return step
 
 
-def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq: bool, quick: bool) -> list[Row]:
+def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq: bool, quick: bool,
+               minimal: bool = True) -> list[Row]:
     rows: list[Row] = []
     f = make_f(x.shape[1])
     hand = HAND[method]
@@ -157,6 +210,13 @@ def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq:
     def fwd_bwd_split():  # not timed as a row: F and B come from the two rows below
         pass
 
+    if minimal:
+        for mode, keep in (("checkpoint", False), ("keep_forward", True)):
+            if mode in modes:
+                fm = make_f(x.shape[1])
+                rows.append(Row(f"minimal/{mode}", "minimal", mode, _train_step(
+                    lambda z, fm=fm, keep=keep: _MinimalCheckpoint.apply(method, fm, steps, keep, z, *fm.parameters()),
+                    x, list(fm.parameters()))))
     rows.append(Row("hand forward (F)", "hand-fwd", "-", fwd_only))
     rows.append(Row("hand forward no-grad (F0)", "hand-nograd", "-", fwd_nograd))
     for kind in kinds:
@@ -228,7 +288,8 @@ def report(method: str, steps: int, rows: list[Row], writer, clock: str) -> None
         if r.kind in ("hand-fwd", "hand-nograd"):
             continue
         t = get(r)
-        x_static = t / static[r.mode] if r.kind not in ("none", "hand", "tdq") and r.mode in static else float("nan")
+        x_static = (t / static[r.mode] if r.kind not in ("none", "hand", "tdq", "minimal") and r.mode in static
+                    else float("nan"))
         floor = fl.get(r.mode) if r.mode in ("checkpoint", "keep_forward") else (1.0 if r.mode == "backprop" else None)
         ops = "" if r.ops is None else str(r.ops)
         print(f"   {r.label:32s} {t * 1e6 / evals:9.1f} {t / ref:7.3f} "
@@ -265,6 +326,7 @@ def main(argv=None) -> int:
                    help="the clock of the printed table (both go to the CSV; default cpu = this thread's CPU time)")
     p.add_argument("--no-ops", action="store_true", help="skip the aten op counts")
     p.add_argument("--no-tdq", action="store_true", help="skip torchdiffeq even if installed")
+    p.add_argument("--no-minimal", action="store_true", help="skip the hand-written minimal adjoint rows")
     p.add_argument("--quick", action="store_true", help="smoke test: Nt=3, euler, kinds none+rda, 3 repeats")
     p.add_argument("--out", type=Path, default=None, help="directory for overhead.csv and ops.csv")
     a = p.parse_args(argv)
@@ -296,7 +358,7 @@ def main(argv=None) -> int:
     x = torch.randn(a.batch, a.channels, a.size, a.size, generator=torch.Generator().manual_seed(1))
     for method in a.methods:
         for steps in a.steps:
-            rows = build_rows(method, steps, kinds, a.modes, x, with_tdq, a.quick)
+            rows = build_rows(method, steps, kinds, a.modes, x, with_tdq, a.quick, minimal=not a.no_minimal)
             if not a.no_ops:
                 for r in rows:
                     if r.kind not in ("hand-fwd", "hand-nograd"):
