@@ -147,3 +147,15 @@ class RDAEvolution(SliceEvolution):
         self.kind = kind
         self.d_max, self.a_max, self.r_max = opts.get("d_max"), opts.get("a_max"), opts.get("r_max")
         self.options = opts
+
+    def check_span(self, t0: float, t1: float, steps: int) -> None:
+        """Refuse a block whose step ``h = |t1 − t0| / steps`` breaks (*) at the bounds:
+        ``h·(4·d_max + 4·a_max) <= 1`` (terms learned) and ``h·r_max <= 1``."""
+        h = abs(float(t1) - float(t0)) / steps
+        rate = 4 * (self.d_max or 0.0) + 4 * (self.a_max or 0.0)
+        if h * rate > 1 + 1e-12 or h * (self.r_max or 0.0) > 1 + 1e-12:
+            raise ValueError(
+                f"evolution kind {self.kind!r}: step h = |t1 - t0| / steps = {h:g} breaks the stability bound "
+                f"h·(4·d_max + 4·a_max) <= 1 and h·r_max <= 1 (4·d_max + 4·a_max = {rate:g}, r_max = {self.r_max}); "
+                f"use steps >= {math.ceil(abs(float(t1) - float(t0)) * max(rate, self.r_max or 0.0) - 1e-12)} "
+                "or smaller bounds")

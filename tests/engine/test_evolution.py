@@ -534,3 +534,12 @@ def test_forward_rejects_bad_thetas():
         evo(T0, (good[0], torch.randn(2, 4, 3, 3)))
     with pytest.raises(TypeError, match="tuple of tensors"):
         evo(T0, good[0])
+
+
+def test_block_refuses_a_step_that_breaks_the_stability_bound():
+    f = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1))
+    with pytest.raises(ValueError, match=r"step h = \|t1 - t0\| / steps = 2 breaks the stability bound .* "
+                                         r"use steps >= 2 or smaller bounds"):
+        anodev2.ODEBlock(f, t1=2.0, steps=1, evolution="rda")
+    anodev2.ODEBlock(f, t1=2.0, steps=2, evolution="rda")  # h = 1
+    anodev2.ODEBlock(f, t1=2.0, steps=1, evolution={"kind": "rda", "d_max": 0.0625, "a_max": 0.0625, "r_max": 0.5})
