@@ -30,7 +30,9 @@ conserved -- it leaves through outflow walls). The same holds for every method o
 ``anodev2.solvers`` (euler, midpoint/rk2, heun, rk4): their step is the truncated Taylor
 polynomial ``P(hM) = Σ_j γ_j (I + hM)^j`` with ``γ_j >= 0``, ``Σ γ_j = 1`` (threshold factor 1,
 Kraaijevanger 1986). The bounds ``4·d_max + 4·a_max <= 1`` (over the terms a kind learns)
-give (*) for every step ``h <= 1``; ``check_options`` rejects bounds that break it. Reaction:
+give (*) for every step ``h <= 1``; ``check_options`` rejects bounds that break it, and an
+``ODEBlock`` whose step ``h = |t1 − t0|/steps`` is too large for the bounds is refused
+(:meth:`RDAEvolution.check_span`). Reaction:
 ``|r| <= r_max <= 1``; with (*) one Euler step gives ``||w_{n+1}||_∞ <= (1 + h·r_max)||w_n||_∞``
 (``|tanh w| <= |w|``), and ``w + h r tanh(w)`` alone keeps the sign of ``w`` for ``h|r| <= 1``.
 
