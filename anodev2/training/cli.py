@@ -6,8 +6,9 @@
 
 Exit status (:data:`EXIT_STATUS`): 0 done; 1 the model diverged (non-finite loss, parameter or
 test loss; last.pt is the last good model); 2 bad input (config, override, data, run directory,
-checkpoint, a run directory in use): one ``error: ...`` line on stderr, no traceback; 130
-interrupted (Ctrl-C): one ``interrupted: ...`` line naming the kept last.pt and the ``--resume`` command.
+checkpoint, a run directory in use, a full disk): one ``error: ...`` line on stderr, no traceback; 130
+interrupted (Ctrl-C): one ``interrupted: ...`` line naming the kept last.pt and the ``--resume`` command;
+143 terminated (SIGTERM, what batch schedulers send): the same, as a ``terminated: ...`` line.
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_
                      dump_config, load_config, load_raw, merge_raw, parse_overrides)
 from .data import DataError
 from .resume_guard import FIXED_BY_CHECKPOINT, RESUMES_KEY, free_keys, guard_resume
-from .run_files import CheckpointError, RunLockedError
+from .run_files import CheckpointError, RunLockedError, Terminated
 from .trainer import NonFiniteError, UsageError, fit, with_absolute_data_root
 
 __all__ = ["main", "build_parser", "resolve_config", "resolve_resume", "EXIT_STATUS"]
 
-EXIT_STATUS = {"done": 0, "diverged": 1, "bad input": 2, "interrupted": 130}
+EXIT_STATUS = {"done": 0, "diverged": 1, "bad input": 2, "interrupted": 130, "terminated": 143}
 BAD_INPUT = (ConfigError, UsageError, DataError, CheckpointError, RunLockedError)
 
 
@@ -91,7 +92,7 @@ def resolve_resume(config: Optional[str], overrides: Sequence[str], resume: str,
     RUN_DIR/config.yaml; a change of a key outside resume_guard.FREE_KEYS not named in ``allow_change`` is a
     ConfigError naming old -> new. The records are config.yaml's ``resumes:`` list plus this resume's."""
     run_dir = Path(resume)
-    if not (run_dir / "last.pt").is_file():
+    if not (run_dir / "last.pt").is_file() and not (run_dir / "run.lock").is_file():  # run.lock: started, no checkpoint
         raise UsageError(f"--resume {resume}: no checkpoint {run_dir / 'last.pt'}; "
                          f"allowed: a run directory written by train_coupled.py")
     record = run_dir / "config.yaml"
@@ -172,11 +173,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail("bad input", f"out of memory ({_memory_message(e)}); {kept}; allowed: sizes that fit the "
                                  f"device: a smaller train.batch_size, more train.micro_batches or a smaller "
                                  f"model.width")
-    except KeyboardInterrupt:  # Ctrl-C: no traceback; last.pt is whole (written atomically)
-        last = Path(cfg.out_dir) / "last.pt" if cfg is not None else None
-        kept = (f"{last} kept; continue with: {_resume_command(cfg.out_dir)}" if last is not None and last.is_file()
-                else "no checkpoint was written yet")
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: no traceback; last.pt is whole (written atomically)
+        last = Path(cfg.out_dir) / "last.pt" if cfg is not None and cfg.out_dir else None
+        if last is not None and last.is_file():
+            kept = f"{last} kept; continue with: {_resume_command(cfg.out_dir)}"
+        elif last is not None and (last.parent / "run.lock").is_file():  # the run had started: --resume starts it over
+            kept = f"no checkpoint was written yet; start it over with: {_resume_command(cfg.out_dir)}"
+        else:
+            kept = "no checkpoint was written yet"
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
         if is_main:
-            print(f"interrupted: {kept}", file=sys.stderr, flush=True)
-        return EXIT_STATUS["interrupted"]
+            print(f"{what}: {kept}", file=sys.stderr, flush=True)
+        return EXIT_STATUS[what]
     return EXIT_STATUS["done"]

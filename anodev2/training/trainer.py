@@ -7,14 +7,21 @@
     train_one_epoch  one pass over the training set (micro-batches, divergence check per step)
     evaluate         test loss / accuracy (summed over ranks)
     check_finite     the divergence guard run before every checkpoint
-    save_checkpoint  last.pt (+ best.pt) with SHA-256 sidecars
-    log_epoch        metrics.jsonl, TensorBoard, the summary line
+    end_epoch        the epoch-end sequence: log_epoch (metrics.jsonl, TensorBoard, the summary line),
+                     then save_checkpoint (last.pt, then best.pt, each with its SHA-256 sidecar)
+    reconcile        on resume: sidecars, best.pt and the logs brought in line with last.pt
 
 One run = one ``out_dir`` holding ``config.yaml`` (resolved config, absolute data root),
 ``metrics.jsonl`` (one strict-JSON record per epoch), TensorBoard event files, ``last.pt``
 (every epoch), ``best.pt`` (best test accuracy), their ``.sha256`` sidecars and ``run.lock``.
 Data order and augmentation depend only on (seed, epoch), so a resumed run continues
 bit-exactly on CPU.
+
+The epoch-end sequence is written so that a kill at any point of it leaves a state that
+``--resume`` continues from exactly (tested by killing at every point): the logs come first,
+``last.pt`` is the commit point, ``best.pt`` follows it. On resume, last.pt is the truth:
+metrics.jsonl is rewritten from its history, TensorBoard events after its epoch are purged, a
+sidecar is tidied, and best.pt is rebuilt from last.pt when the kill came between the two.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ import json
 import math
 import os
 import random
+import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +50,18 @@ from .resume_guard import check_checkpoint
 from .optim import apply_group_settings, build_optimizer, lr_at, set_lr
 from .progress import Progress, run_eta
 from .runs import build_model
-from .run_files import (CheckpointError, RunLock, atomic_save, atomic_write_text, deferred_interrupt,
-                        load_checkpoint, remove_stale_temporaries, rng_state, set_rng_state)
+from .run_files import (LOCK_NAME, RUN_FILES, CheckpointError, RunDirError, RunLock, _fault,
+                        atomic_write_bytes, atomic_write_text, deferred_interrupt, is_run_temporary,
+                        recover_checkpoint, remove_stale_temporaries, rng_state, serialize, set_rng_state,
+                        sigterm_raises, write_checksum)
 
-__all__ = ["RunState", "RunContext", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit", "setup_run", "restore",
-           "train_one_epoch", "evaluate", "check_finite", "save_checkpoint", "log_epoch", "json_record"]
+__all__ = ["RunState", "RunContext", "RunDir", "UsageError", "NonFiniteError", "CHECKPOINT_FORMAT", "fit",
+           "setup_run", "restore", "reconcile", "train_one_epoch", "evaluate", "check_finite", "end_epoch",
+           "save_checkpoint", "log_epoch", "json_record"]
 
 #: version of the checkpoint dict; 2 = SHA-256 sidecars, no "scheduler"/"data" entries
 CHECKPOINT_FORMAT = 2
+
 
 
 class UsageError(ValueError):
@@ -83,6 +96,7 @@ class RunContext:
     test_loader: BatchLoader
     fixed_batch: torch.Tensor            # a fixed test batch for the weight-evolution views
     writer: object = None                # TensorBoard SummaryWriter (rank 0, log.tensorboard)
+    saved_epoch: int = 0                 # the epoch last.pt holds (rank 0)
 
     @property
     def is_main(self) -> bool:
@@ -131,39 +145,140 @@ class _PeerFailed(UsageError):
     quiet = True
 
 
-def prepare_run_dir(out: Path, resume: bool) -> RunLock:
-    """Create ``out``, lock it for this run and remove stale temporaries; fail before any data is loaded.
+@dataclass
+class RunDir:
+    """Rank 0's claim on a run directory: its lock and what this start created (undone when the start fails)."""
+    path: Path
+    lock: RunLock
+    created_dirs: list = field(default_factory=list)  # directories this start made, outermost first
+    start_over: bool = False  # --resume of a run that was started but never wrote a checkpoint
 
-    Raises UsageError for an out_dir that is a file, cannot be created or written, or already
-    holds a run (without ``resume``); RunLockedError when a live process holds it.
+    def release(self) -> None:
+        self.lock.release()
+
+    def abandon(self, fresh: bool) -> None:
+        """Undo a start that failed: the outputs of a fresh start, a run.lock and directories this start created."""
+        if fresh:
+            _remove_outputs(self.path)
+        if self.lock.created:
+            self.lock.remove()
+        else:
+            self.lock.release()
+        for d in reversed(self.created_dirs):
+            try:
+                d.rmdir()
+            except OSError:  # not empty (someone else's files): leave it
+                break
+
+
+def _own_entry(name: str) -> bool:
+    return name == LOCK_NAME or is_run_temporary(name)
+
+
+def _remove_outputs(out: Path) -> list[str]:
+    """Delete the files a run writes (except run.lock) and its TensorBoard event files; returns their names."""
+    gone = []
+    for p in sorted(out.iterdir()):
+        if (p.name in RUN_FILES and p.name != LOCK_NAME) or p.name.startswith("events.out.tfevents."):
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+                gone.append(p.name)
+    return gone
+
+
+def _symlink_error(p: Path) -> UsageError:
+    return UsageError(f"{p} is a symbolic link; a run never reads or writes its files through a link: "
+                      f"replace it with the file itself or remove it, or choose another out_dir=DIR")
+
+
+def prepare_run_dir(out_dir: str, resume: bool) -> RunDir:
+    """Create and lock the run directory, check what it holds, remove stale temporaries; fail before any data is loaded.
+
+    Raises UsageError (after undoing what it created) for an empty out_dir, one that is a file,
+    cannot be created or written, holds a symbolic link where the run writes a file, already holds
+    a run (without ``resume``), holds files but no run, or (with ``resume``) holds no run;
+    RunLockedError when a live process holds it. With ``resume``, a run that was started but never
+    wrote a checkpoint is started over (``start_over``; its old outputs are removed by ``fit``).
     """
+    if not str(out_dir).strip():
+        raise UsageError("out_dir is empty; allowed: a directory path, e.g. out_dir=runs/NAME")
+    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"out_dir {out} is a file; allowed: a directory (new or a run directory)")
+    missing = []
+    d = out
+    while not d.exists() and not d.is_symlink() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    claim = None
+    created = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out).acquire()
-    except PermissionError:
-        raise UsageError(f"out_dir {out} cannot be written (permission denied); choose another out_dir=DIR") from None
-    except OSError as e:
-        raise UsageError(f"out_dir {out} cannot be used ({e.strerror}); choose another out_dir=DIR") from None
-    if not resume and (out / "last.pt").exists():
-        lock.release()
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        claim = RunDir(out, RunLock(out).acquire(write_pid=False), created)
+        _check_run_dir(claim, resume)
+        claim.lock.write_pid()
+    except BaseException as e:
+        if claim is not None:
+            claim.abandon(fresh=False)
+        else:
+            for d in reversed(created):
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        if isinstance(e, RunDirError):
+            raise UsageError(str(e)) from None
+        if isinstance(e, PermissionError):
+            raise UsageError(f"out_dir {out} cannot be written (permission denied); "
+                             f"choose another out_dir=DIR") from None
+        if isinstance(e, OSError):
+            raise UsageError(f"out_dir {out} cannot be used ({e.strerror}); choose another out_dir=DIR") from None
+        raise
+    remove_stale_temporaries(out)
+    return claim
+
+
+def _check_run_dir(claim: RunDir, resume: bool) -> None:
+    out = claim.path
+    for name in RUN_FILES:
+        if (out / name).is_symlink():
+            raise _symlink_error(out / name)
+    started = not claim.lock.created  # run.lock is only ever made by a run (a failed start removes it)
+    has_checkpoint = (out / "last.pt").exists()
+    others = sorted(p.name for p in out.iterdir() if not _own_entry(p.name))
+    if resume:
+        if not has_checkpoint:
+            if not started:
+                raise UsageError(f"--resume {out}: no checkpoint {out / 'last.pt'} and no run was started there; "
+                                 f"allowed: a run directory written by train_coupled.py")
+            claim.start_over = True
+        return
+    if has_checkpoint:
         raise UsageError(f"out_dir {out} already holds a run (last.pt); continue it with "
                          f"--resume {out}, or choose another out_dir=DIR")
-    remove_stale_temporaries(out)
-    return lock
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        if started:
+            raise UsageError(f"out_dir {out} holds a run that was started but never wrote a checkpoint ({shown}); "
+                             f"start it over with --resume {out} (its old logs are removed), or choose another "
+                             f"out_dir=DIR")
+        raise UsageError(f"out_dir {out} is not empty and holds no run ({shown}); a new run needs a new or empty "
+                         f"directory: choose another out_dir=DIR")
 
 
 def read_last_checkpoint(out: Path) -> dict:
-    """The verified last.pt of run ``out``; on failure, the message says whether best.pt verifies."""
+    """The verified last.pt of run ``out`` (as a resume reads it after a kill: see
+    :func:`~anodev2.training.run_files.recover_checkpoint`); on failure, the message says whether best.pt verifies."""
     last, best = out / "last.pt", out / "best.pt"
     try:
-        ck = load_checkpoint(last)
+        ck = recover_checkpoint(last)[0]
     except CheckpointError as e:
         hint = "no best.pt to fall back on"
         if best.is_file():
             try:
-                b = load_checkpoint(best)
+                b = recover_checkpoint(best)[0]
                 hint = (f"{best} verifies (epoch {b.get('epoch')}): to resume from it, copy it and "
                         f"{best.name}.sha256 over {last.name} and {last.name}.sha256")
             except CheckpointError:
@@ -172,6 +287,7 @@ def read_last_checkpoint(out: Path) -> dict:
     if ck.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"--resume {out}: last.pt has checkpoint format {ck.get('format')!r}, "
                          f"this code reads format {CHECKPOINT_FORMAT}")
+    check_checkpoint(ck, last)  # the keys a resume reads, before any data is loaded
     return ck
 
 
@@ -189,40 +305,41 @@ def _load_data(cfg: Config, info: distmod.DistInfo) -> tuple[ArrayDataset, Array
             torch.distributed.barrier()
 
 
-def setup_run(cfg: Config, resume: bool) -> tuple[RunContext, RunState, Optional[RunLock], Optional[dict]]:
-    """Build everything of a run. Returns (run, fresh state, rank 0's lock, the verified last.pt when resuming)."""
+def setup_run(cfg: Config, resume: bool) -> tuple[RunContext, RunState, Optional[RunDir], Optional[dict]]:
+    """Build everything of a run. Returns (run, fresh state, rank 0's claim on the run directory, the verified
+    last.pt when resuming). A failure undoes what this start created in the run directory."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = _resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
     info = distmod.init(device.type)
-    lock = None
+    claim = None
     try:
-        lock, ck = _claim_run_dir(cfg, resume, info)
+        claim, ck = _claim_run_dir(cfg, resume, info)
         run = _build(cfg, device, info)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        if claim is not None:
+            claim.abandon(fresh=not resume)
         distmod.shutdown(info)
         raise
-    return run, RunState(), lock, ck
+    return run, RunState(), claim, ck
 
 
-def _claim_run_dir(cfg: Config, resume: bool, info: distmod.DistInfo) -> tuple[Optional[RunLock], Optional[dict]]:
+def _claim_run_dir(cfg: Config, resume: bool, info: distmod.DistInfo) -> tuple[Optional[RunDir], Optional[dict]]:
     """Rank 0 locks and checks the run directory (and reads last.pt when resuming); all ranks agree on success."""
-    out = Path(cfg.out_dir)
-    lock, ck, failure = None, None, None
+    claim, ck, failure = None, None, None
     if info.is_main:
         try:
-            lock = prepare_run_dir(out, resume)
-            ck = read_last_checkpoint(out) if resume else None
+            claim = prepare_run_dir(cfg.out_dir, resume)
+            if resume and not claim.start_over:
+                ck = read_last_checkpoint(claim.path)
         except BaseException as e:
             failure = e
     if not _agree(failure is None, info):
-        if lock is not None:
-            lock.release()
+        if claim is not None:
+            claim.abandon(fresh=not resume)
         if failure is not None:
             raise failure
         raise _PeerFailed("rank 0 failed during set-up")
-    return lock, ck
+    return claim, ck
 
 
 def _build(cfg: Config, device: torch.device, info: distmod.DistInfo) -> RunContext:
@@ -265,6 +382,9 @@ def restore(run: RunContext, ck: Optional[dict]) -> RunState:
         box = [ck]
         torch.distributed.broadcast_object_list(box, src=0)
         ck = box[0]
+    if ck is None:  # a run started over: no checkpoint yet
+        return RunState()
+    run.saved_epoch = ck["epoch"]
     cfg = run.cfg
     check_checkpoint(ck, run.out / "last.pt")  # a hand-made file that verifies: name the missing key
     old_opt = ck["config"]["optim"]["name"]
@@ -395,16 +515,47 @@ def check_finite(run: RunContext, state: RunState, rec: dict) -> None:
         raise _diverged(run, state, f"the model diverged in epoch {rec['epoch']} ({what}); not saved")
 
 
-def save_checkpoint(run: RunContext, state: RunState, is_best: bool) -> None:
-    """Write last.pt (and best.pt when ``is_best``) with their SHA-256 sidecars (rank 0 only)."""
+def checkpoint_bytes(run: RunContext, state: RunState) -> bytes:
+    """The serialized checkpoint of ``state`` (model, optimiser, scaler, RNG, config, history)."""
     ck = {"format": CHECKPOINT_FORMAT, "epoch": state.epoch, "model": run.model.state_dict(),
           "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.cfg.train.amp is True else {},
           "rng": rng_state(), "config": config_to_dict(run.cfg), "history": state.history,
           "best_test_acc": state.best_test_acc, "optimizer_steps": state.optimizer_steps}
-    with deferred_interrupt():  # Ctrl-C waits until both files and their sidecars are whole
-        atomic_save(ck, run.out / "last.pt")
-        if is_best:
-            atomic_save(ck, run.out / "best.pt")
+    return serialize(ck)
+
+
+def save_checkpoint(run: RunContext, state: RunState, is_best: bool, data: Optional[bytes] = None) -> None:
+    """Write last.pt, then (when ``is_best``) the same bytes as best.pt, each followed by its SHA-256 sidecar
+    (rank 0 only). last.pt is the commit point of an epoch: see :func:`reconcile`."""
+    data = checkpoint_bytes(run, state) if data is None else data
+    atomic_write_bytes(data, run.out / "last.pt", on_replaced=lambda: setattr(run, "saved_epoch", state.epoch))
+    if is_best:
+        atomic_write_bytes(data, run.out / "best.pt")
+
+
+def end_epoch(run: RunContext, state: RunState, is_best: bool) -> None:
+    """The epoch-end sequence of rank 0, with Ctrl-C and SIGTERM held back until it is whole: metrics.jsonl,
+    TensorBoard and the summary line of the epoch first, then its checkpoints. A kill at any point leaves
+    either the new last.pt (the logs and best.pt are then brought in line on resume) or the old one (the logs
+    are then rolled back to it on resume and the epoch is trained again, identically).
+
+    A failed write (a full disk: OSError) raises UsageError naming the file and the checkpoint that is kept."""
+    with deferred_interrupt():
+        try:
+            data = checkpoint_bytes(run, state)
+            _fault(f"epoch{state.epoch}")
+            log_epoch(run, state.history[-1], state.history)
+            save_checkpoint(run, state, is_best, data)
+        except OSError as e:
+            raise _write_failed(run, e) from None
+        _fault(f"epoch{state.epoch}:done")
+
+
+def _write_failed(run: RunContext, e: OSError) -> UsageError:
+    last = run.out / "last.pt"
+    kept = (f"{last} (epoch {run.saved_epoch}) is kept" if run.saved_epoch else "no checkpoint was written yet")
+    return UsageError(f"cannot write {e.filename or run.out} ({e.strerror or e}); {kept}; make room, then continue "
+                      f"with --resume {run.out} (its logs are brought in line with last.pt)")
 
 
 def json_record(rec: dict) -> str:
@@ -419,11 +570,19 @@ def summary_line(rec: dict, epochs: int) -> str:
             f"lr {rec['lr']:.4g} {rec['epoch_time']:.1f}s {rec['images_per_sec']:.0f} img/s")
 
 
-def log_epoch(run: RunContext, rec: dict) -> None:
-    """Append ``rec`` to metrics.jsonl, write its TensorBoard views and print its summary (rank 0)."""
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    atomic_write_text("".join(json_record(h) + "\n" for h in history), out / "metrics.jsonl")
+
+
+def log_epoch(run: RunContext, rec: dict, history: Optional[list[dict]] = None) -> None:
+    """Record ``rec`` in metrics.jsonl (rewritten atomically as ``history``, which ends with ``rec``; appended
+    when no history is given), write its TensorBoard views and print its summary (rank 0)."""
     cfg = run.cfg
-    with open(run.out / "metrics.jsonl", "a") as f:
-        f.write(json_record(rec) + "\n")
+    if history is not None:
+        _write_metrics(run.out, history)
+    else:
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json_record(rec) + "\n")
     if run.writer is not None:
         from .. import models
         from . import tb_logging as tb
@@ -434,7 +593,21 @@ def log_epoch(run: RunContext, rec: dict) -> None:
             tb.log_evolution(run.writer, run.model, models.ode_blocks(run.model), run.fixed_batch, epoch,
                              max_kernels=cfg.log.max_kernels)
         run.writer.flush()
+        _fault("tensorboard")
     print(summary_line(rec, cfg.train.epochs), flush=True)
+
+
+def _wait_for_a_later_event_file_name(out: Path) -> None:
+    """TensorBoard reads a directory's event files in name order, and a name starts with the writer's start time
+    in whole seconds (then the PID): wait until a new writer's file sorts after every existing one, so that its
+    purge of the epochs after last.pt applies to the events a killed run wrote (a restart within a second)."""
+    stamps = [int(m.group(1)) for p in out.glob("events.out.tfevents.*")
+              if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", p.name))]
+    newest = max(stamps, default=0)
+    if newest - time.time() > 2:  # a clock far behind the files' (another host): nothing sensible to wait for
+        return
+    while int(time.time()) <= newest:
+        time.sleep(0.05)
 
 
 def _open_outputs(run: RunContext, state: RunState, resumes: Optional[list] = None) -> None:
@@ -446,9 +619,10 @@ def _open_outputs(run: RunContext, state: RunState, resumes: Optional[list] = No
     atomic_write_text(config_yaml(cfg, resumes, state.epoch), out / "config.yaml")
     description = format_description(run.model)
     atomic_write_text(description + "\n", out / "model.txt")
-    atomic_write_text("".join(json_record(h) + "\n" for h in state.history), out / "metrics.jsonl")
+    _write_metrics(out, state.history)  # a resume rolls back lines written after last.pt
     if cfg.log.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
+        _wait_for_a_later_event_file_name(out)
         run.writer = SummaryWriter(log_dir=str(out), purge_step=state.epoch + 1 if state.epoch else None)
         if state.epoch == 0:
             run.writer.add_text("model/description", "```\n" + description + "\n```", 0)
@@ -456,52 +630,131 @@ def _open_outputs(run: RunContext, state: RunState, resumes: Optional[list] = No
     print(f"epochs {state.epoch + 1}..{cfg.train.epochs}\n{description}", flush=True)
 
 
+def _best_epoch(history: list[dict]) -> Optional[int]:
+    """The epoch whose record says it was the best so far, last of them (the epoch best.pt must hold)."""
+    best = [h["epoch"] for h in history if h.get("best")]
+    return best[-1] if best else None
+
+
+def reconcile(out: Path, ck: dict) -> list[str]:
+    """Bring a run directory in line with its verified last.pt ``ck`` after a kill (rank 0, holding the lock).
+
+    A sidecar left listing two digests (or, from an older version, missing) is rewritten; best.pt is rebuilt from
+    last.pt when the history says last.pt's epoch is the best one and best.pt holds another (a kill
+    between the two writes). metrics.jsonl and TensorBoard are rolled back to last.pt when the
+    outputs are opened. Returns one note per repair; a best.pt that cannot be made to agree gives
+    a ``warning:`` note (the run goes on; best.pt is rewritten at the next best epoch).
+    """
+    notes = []
+    last, best = out / "last.pt", out / "best.pt"
+    _, data, problem = recover_checkpoint(last)
+    if problem is not None:
+        write_checksum(last, data)
+        notes.append(f"{last.name}.sha256 rewritten (epoch {ck['epoch']}): {problem}")
+    want = _best_epoch(ck["history"])
+    if want is None:
+        return notes
+    have, why = None, "missing"
+    if best.exists():
+        try:
+            b, bdata, bproblem = recover_checkpoint(best)
+            have, why = b.get("epoch"), f"at epoch {b.get('epoch')}"
+        except CheckpointError as e:
+            bproblem, why = None, f"unverifiable ({e})"
+    if have == want:
+        if bproblem is not None:
+            write_checksum(best, bdata)
+            notes.append(f"{best.name}.sha256 rewritten (epoch {have}): {bproblem}")
+    elif want == ck["epoch"]:
+        atomic_write_bytes(data, best)
+        notes.append(f"{best.name} rebuilt from {last.name} (epoch {want}, the best test accuracy; "
+                     f"{best.name} was {why})")
+    else:
+        notes.append(f"warning: {best} should hold epoch {want} (the best test accuracy in metrics.jsonl) but is "
+                     f"{why}; it is rewritten at the next epoch that beats epoch {want}")
+    return notes
+
+
+def _start_over(claim: RunDir) -> None:
+    gone = _remove_outputs(claim.path)
+    print(f"starting {claim.path} over from epoch 1: it was started but never wrote a checkpoint"
+          + (f" (removed {', '.join(gone)})" if gone else ""), flush=True)
+
+
 def fit(cfg: Config, resume: bool = False, resumes: Optional[list] = None) -> list[dict]:
     """Train ``cfg`` (continuing from ``out_dir/last.pt`` when ``resume``); returns the metrics history.
-    ``resumes``: the records of the run's resumes (cli.resolve_resume) written to config.yaml's ``resumes:`` list."""
+    ``resumes``: the records of the run's resumes (cli.resolve_resume) written to config.yaml's ``resumes:`` list.
+
+    SIGTERM raises :class:`~anodev2.training.run_files.Terminated` (a KeyboardInterrupt) like Ctrl-C; both are
+    held back during the epoch-end writes. A start that fails (before its outputs are open) leaves nothing
+    behind in the run directory.
+    """
     cfg = with_absolute_data_root(cfg)
-    run = lock = None
-    try:
-        run, state, lock, ck = setup_run(cfg, resume)
-        if resume:
-            state = restore(run, ck)
-            if state.epoch >= cfg.train.epochs:
+    run = claim = None
+    with sigterm_raises():
+        try:
+            run, state, claim, ck = setup_run(cfg, resume)
+            started = False
+            try:
+                if resume:
+                    state = restore(run, ck)
+                    if run.is_main and ck is not None:
+                        try:
+                            notes = reconcile(run.out, ck)
+                        except OSError as e:
+                            raise _write_failed(run, e) from None
+                        for note in notes:
+                            print(note, file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
+                    if state.epoch >= cfg.train.epochs:
+                        if run.is_main:
+                            print(f"nothing to do: {run.out / 'last.pt'} has {state.epoch} epochs >= "
+                                  f"train.epochs={cfg.train.epochs}")
+                        return state.history
                 if run.is_main:
-                    print(f"nothing to do: {run.out / 'last.pt'} has {state.epoch} epochs >= "
-                          f"train.epochs={cfg.train.epochs}")
-                return state.history
-        if run.is_main:
-            _open_outputs(run, state, resumes)
-        for epoch in range(state.epoch, cfg.train.epochs):
-            t0 = time.perf_counter()
-            rec = train_one_epoch(run, state, epoch)
-            train_time = time.perf_counter() - t0
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                rec["test_loss"], rec["test_acc"], rec["test_images"] = evaluate(
-                    run, f"epoch {epoch + 1}/{cfg.train.epochs} test",
-                    eta=run_eta(state.history, epoch, cfg.train.epochs, spent=train_time))
-            rec["epoch_time"] = time.perf_counter() - t0
-            rec["images_per_sec"] = rec["train_images"] / max(train_time, 1e-9)
-            if run.dist.enabled:
-                rec["ranks_in_sync"] = distmod.all_equal(_param_checksum(run.model), run.dist)
-                if not rec["ranks_in_sync"]:
-                    raise RuntimeError(f"DistributedDataParallel ranks hold different parameters after epoch {epoch + 1}")
-            check_finite(run, state, rec)
-            is_best = rec["test_acc"] is not None and (state.best_test_acc is None or
-                                                       rec["test_acc"] > state.best_test_acc)
-            if is_best:
-                state.best_test_acc, rec["best"] = rec["test_acc"], True
-            rec["best_test_acc"] = state.best_test_acc
-            state.epoch, state.optimizer_steps = epoch + 1, rec["optimizer_steps"]
-            state.history.append(rec)
-            if run.is_main:
-                save_checkpoint(run, state, is_best)
-                log_epoch(run, rec)
-        return state.history
-    finally:
-        if run is not None and run.writer is not None:
-            run.writer.close()
-        if lock is not None:
-            lock.release()
-        if run is not None:
-            distmod.shutdown(run.dist)
+                    if claim.start_over:
+                        _start_over(claim)
+                    try:
+                        _open_outputs(run, state, resumes)
+                    except OSError as e:
+                        raise _write_failed(run, e) from None
+                started = True
+            finally:
+                if not started and claim is not None and state.epoch == 0:
+                    if run.writer is not None:
+                        run.writer.close()
+                        run.writer = None
+                    claim.abandon(fresh=not resume or claim.start_over)
+                    claim = None
+            for epoch in range(state.epoch, cfg.train.epochs):
+                t0 = time.perf_counter()
+                rec = train_one_epoch(run, state, epoch)
+                train_time = time.perf_counter() - t0
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                    rec["test_loss"], rec["test_acc"], rec["test_images"] = evaluate(
+                        run, f"epoch {epoch + 1}/{cfg.train.epochs} test",
+                        eta=run_eta(state.history, epoch, cfg.train.epochs, spent=train_time))
+                rec["epoch_time"] = time.perf_counter() - t0
+                rec["images_per_sec"] = rec["train_images"] / max(train_time, 1e-9)
+                if run.dist.enabled:
+                    rec["ranks_in_sync"] = distmod.all_equal(_param_checksum(run.model), run.dist)
+                    if not rec["ranks_in_sync"]:
+                        raise RuntimeError(f"DistributedDataParallel ranks hold different parameters after "
+                                           f"epoch {epoch + 1}")
+                check_finite(run, state, rec)
+                is_best = rec["test_acc"] is not None and (state.best_test_acc is None or
+                                                           rec["test_acc"] > state.best_test_acc)
+                if is_best:
+                    state.best_test_acc, rec["best"] = rec["test_acc"], True
+                rec["best_test_acc"] = state.best_test_acc
+                state.epoch, state.optimizer_steps = epoch + 1, rec["optimizer_steps"]
+                state.history.append(rec)
+                if run.is_main:
+                    end_epoch(run, state, is_best)
+            return state.history
+        finally:
+            if run is not None and run.writer is not None:
+                run.writer.close()
+            if claim is not None:
+                claim.release()
+            if run is not None:
+                distmod.shutdown(run.dist)
