@@ -343,11 +343,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.merge:
         runs = [json.load(open(path)) for path in args.merge]
-        fits = [Fit(**f) for run in runs for f in run["fits"]]
-        for run in runs:
-            for seed, ref in run["references"].items():
-                print(f"{seed:>4} references: no motion {ref['no_motion']:.2e}, "
-                      f"teacher frozen at K(0) {ref['teacher_frozen']:.2e}")
+        order = list(FAMILIES)
+        fits = sorted((Fit(**f) for run in runs for f in run["fits"]),
+                      key=lambda f: (order.index(f.family) if f.family in order else len(order), f.seed))
+        refs = {seed: ref for run in runs for seed, ref in run["references"].items()}
+        for seed, ref in sorted(refs.items(), key=lambda item: int(item[0])):
+            print(f"{seed:>4} references: no motion {ref['no_motion']:.2e}, "
+                  f"teacher frozen at K(0) {ref['teacher_frozen']:.2e}")
         print(format_summary(summarise(fits)))
         print(f"\n{len({f.seed for f in fits})} seed(s) from {len(runs)} file(s); CPU s of the fits: "
               f"{sum(f.seconds for f in fits):.0f}")
