@@ -521,3 +521,28 @@ def test_workers_of_a_killed_run_do_not_hold_its_lock_and_sigterm_stops_a_run_li
     last = load_checkpoint(run / "last.pt")  # whole, sidecar included
     assert epoch < last["epoch"] < 60 and [r["epoch"] for r in metrics(run)] == list(range(1, last["epoch"] + 1))
     assert not [p.name for p in run.iterdir() if is_run_temporary(p.name)]
+
+
+def test_reconcile_rebuilds_or_names_a_best_pt_that_does_not_match_the_history(tmp_path):
+    """The cases the kill test cannot produce: a damaged best.pt of last.pt's epoch is rebuilt from last.pt; one of an
+    older epoch that is missing is named in a warning (the run goes on) and nothing is invented."""
+    from anodev2.training.run_files import atomic_save
+    from anodev2.training.trainer import reconcile
+    history = [{"epoch": 1, "best": True}, {"epoch": 2}, {"epoch": 3, "best": True}]
+    atomic_save({"epoch": 3, "history": history}, tmp_path / "last.pt")
+    atomic_save({"epoch": 1, "history": history[:1]}, tmp_path / "best.pt")
+    data = bytearray((tmp_path / "best.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "best.pt").write_bytes(bytes(data))
+    (note,) = reconcile(tmp_path, load_checkpoint(tmp_path / "last.pt"))
+    assert note.startswith("best.pt rebuilt from last.pt (epoch 3, the best test accuracy; best.pt was unverifiable ("), \
+        note
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    history[2].pop("best")  # now epoch 1 is the best, and best.pt is gone
+    atomic_save({"epoch": 3, "history": history}, tmp_path / "last.pt")
+    (tmp_path / "best.pt").unlink()
+    assert reconcile(tmp_path, load_checkpoint(tmp_path / "last.pt")) == [
+        f"warning: {tmp_path / 'best.pt'} should hold epoch 1 (the best test accuracy in metrics.jsonl) but is "
+        f"missing; it is rewritten at the next epoch that beats epoch 1"]
+    assert not (tmp_path / "best.pt").exists()
