@@ -171,8 +171,10 @@ class RunDir:
                 break
 
 
-def _own_entry(name: str) -> bool:
-    return name == LOCK_NAME or is_run_temporary(name)
+def _run_output(name: str) -> bool:
+    """Whether a new run would write (overwrite, merge into, or clean up) a file of this name."""
+    return (name in RUN_FILES and name != LOCK_NAME) or name.startswith("events.out.tfevents.") or \
+        is_run_temporary(name)
 
 
 def _remove_outputs(out: Path) -> list[str]:
@@ -196,7 +198,8 @@ def prepare_run_dir(out_dir: str, resume: bool) -> RunDir:
 
     Raises UsageError (after undoing what it created) for an empty out_dir, one that is a file,
     cannot be created or written, holds a symbolic link where the run writes a file, already holds
-    a run (without ``resume``), holds files but no run, or (with ``resume``) holds no run;
+    a run (without ``resume``), holds files a run writes but no run (other files, e.g. a job's
+    log, are left alone), or (with ``resume``) holds no run;
     RunLockedError when a live process holds it. With ``resume``, a run that was started but never
     wrote a checkpoint is started over (``start_over``; its old outputs are removed by ``fit``).
     """
@@ -247,7 +250,8 @@ def _check_run_dir(claim: RunDir, resume: bool) -> None:
             raise _symlink_error(out / name)
     started = not claim.lock.created  # run.lock is only ever made by a run (a failed start removes it)
     has_checkpoint = (out / "last.pt").exists()
-    others = sorted(p.name for p in out.iterdir() if not _own_entry(p.name))
+    # files a new run would overwrite, merge into or delete; anything else (a job's log file) is left alone
+    others = sorted(p.name for p in out.iterdir() if _run_output(p.name) and not (started and is_run_temporary(p.name)))
     if resume:
         if not has_checkpoint:
             if not started:
@@ -264,8 +268,8 @@ def _check_run_dir(claim: RunDir, resume: bool) -> None:
             raise UsageError(f"out_dir {out} holds a run that was started but never wrote a checkpoint ({shown}); "
                              f"start it over with --resume {out} (its old logs are removed), or choose another "
                              f"out_dir=DIR")
-        raise UsageError(f"out_dir {out} is not empty and holds no run ({shown}); a new run needs a new or empty "
-                         f"directory: choose another out_dir=DIR")
+        raise UsageError(f"out_dir {out} holds files a run writes ({shown}) but no run; a run never overwrites "
+                         f"them: move them, or choose another out_dir=DIR")
 
 
 def read_last_checkpoint(out: Path) -> dict:

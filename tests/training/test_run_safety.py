@@ -396,9 +396,10 @@ def _listing(d):
 
 def test_out_dir_links_foreign_files_and_empty_names_are_refused_and_leave_nothing_behind(one_epoch_run, tmp_path,
                                                                                          capsys):
-    """Issue 18 D2/D3: never a link for run.lock or a file the run writes, no non-empty directory without a run, no
-    empty out_dir, no silent reuse of a run that never wrote a checkpoint; every refusal is exit 2 with one
-    ``error:`` line, and the directory is left exactly as it was (a start that fails creates nothing)."""
+    """Issue 18 D2/D3: never a link for run.lock or a file the run writes, no directory holding files a run writes
+    but no run (a job's own log file beside is fine), no empty out_dir, no silent reuse of a run that never wrote a
+    checkpoint; every refusal is exit 2 with one ``error:`` line, and the directory is left exactly as it was (a
+    start that fails creates nothing)."""
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious\n")
     link_lock = tmp_path / "link_lock"
@@ -421,17 +422,21 @@ def test_out_dir_links_foreign_files_and_empty_names_are_refused_and_leave_nothi
     (resumed_link / "last.pt").symlink_to(tmp_path / "elsewhere.pt")
     empty = tmp_path / "empty"
     empty.mkdir()
+    with_log = tmp_path / "with_log"  # e.g. python train_coupled.py ... out_dir=D > D/train.log: allowed
+    with_log.mkdir()
+    (with_log / "train.log").write_text("a job's own log\n")
     no_data = ["data.name=cifar10", f"data.root={tmp_path / 'nodata'}", "data.download=false"]
     cases = [
         ("out_dir=", None, ["out_dir is empty"]),
         (f"out_dir={link_lock}", link_lock, [f"{link_lock / 'run.lock'} is a symbolic link"]),
         (f"out_dir={link_metrics}", link_metrics, [f"{link_metrics / 'metrics.jsonl'} is a symbolic link"]),
-        (f"out_dir={foreign}", foreign, [f"out_dir {foreign} is not empty and holds no run (.x.tmp, config.yaml, "
-                                         f"metrics.jsonl, model.txt)"]),
+        (f"out_dir={foreign}", foreign, [f"out_dir {foreign} holds files a run writes (.last.pt.abcd1234.tmp, "
+                                         f"config.yaml, metrics.jsonl, model.txt) but no run"]),
         (f"out_dir={started}", started, ["holds a run that was started but never wrote a checkpoint",
                                          f"start it over with --resume {started}"]),
         (f"out_dir={tmp_path / 'new' / 'deeper' / 'run'}", tmp_path / "new", ["cifar10 data not found"]),
         (f"out_dir={empty}", empty, ["cifar10 data not found"]),
+        (f"out_dir={with_log}", with_log, ["cifar10 data not found"]),  # got as far as the data
     ]
     for override, where, words in cases:
         before = _listing(where) if where is not None else None
@@ -535,8 +540,8 @@ def test_reconcile_rebuilds_or_names_a_best_pt_that_does_not_match_the_history(t
     data[len(data) // 2] ^= 0x01
     (tmp_path / "best.pt").write_bytes(bytes(data))
     (note,) = reconcile(tmp_path, load_checkpoint(tmp_path / "last.pt"))
-    assert note.startswith("best.pt rebuilt from last.pt (epoch 3, the best test accuracy; best.pt was unverifiable ("), \
-        note
+    assert note.startswith("best.pt rebuilt from last.pt (epoch 3, the best test accuracy; best.pt was "
+                           "unverifiable ("), note
     assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
     history[2].pop("best")  # now epoch 1 is the best, and best.pt is gone
