@@ -350,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     print(aggregate(grid, runs, args.out))
     if failed:
-        print(f"failed runs (see RUN/stdout.log): {failed}", file=sys.stderr)
+        print(f"failed runs (see OUT/_logs/RUN.log): {failed}", file=sys.stderr)
         return 1
     return 0
 

@@ -94,16 +94,26 @@ def command(grid, run: GridRun, out: Path, nproc: int) -> list[str]:
             *grid.common, *run.overrides, f"out_dir={d}"]
 
 
+#: sub-directory of a grid's OUT that holds one log per run (the runs' own directories hold only the run).
+LOG_DIR = "_logs"
+
+
+def log_path(run: GridRun, out: Path) -> Path:
+    """Where the launcher appends the output of ``run``'s commands: ``OUT/_logs/RUN.log``."""
+    return out / LOG_DIR / f"{run.name}.log"
+
+
 def launch(grid, run: GridRun, out: Path, nproc: int, threads: Optional[int] = None) -> int:
     """Run (or resume) ``run`` to completion in a child process, then its post commands; output
-    appended to RUN/stdout.log. Returns the first non-zero exit status, else 0. This is also
-    the body of a submitit job."""
-    d = out / run.name
-    d.mkdir(parents=True, exist_ok=True)
+    appended to ``OUT/_logs/RUN.log`` (beside the run, not in it: the trainer refuses to start a
+    new run in a directory that holds files of no run). Returns the first non-zero exit status,
+    else 0. This is also the body of a submitit job."""
+    logs = out / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     cmds = [] if trained(grid, run, out) else [command(grid, run, out, nproc)]
     cmds += [list(c) for c in run.post]
-    with open(d / "stdout.log", "a") as log:
+    with open(log_path(run, out), "a") as log:
         for cmd in cmds:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()

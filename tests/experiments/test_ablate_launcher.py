@@ -112,7 +112,7 @@ def test_submitit_local_jobs_gather_skip_and_resume(tmp_path, capsys):
     (out / "resnet4-anode-s0" / "metrics.jsonl").write_text("")
     resumed = run(*args)
     assert resumed.stdout.count("submitted as job") == 1 and "resnet4-anode-s0: ok" in resumed.stdout
-    log = (out / "resnet4-anode-s0" / "stdout.log").read_text().splitlines()
+    log = (out / "_logs" / "resnet4-anode-s0.log").read_text().splitlines()
     assert [line for line in log if line.startswith("$ ")][-1].count("--resume") == 1
 
 
