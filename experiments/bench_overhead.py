@@ -28,6 +28,7 @@ measures what is left:
   lines in this file (forward without graph, recompute sweep, one ``autograd.grad`` per reversed
   step; no RNG, BatchNorm, autocast or schedule handling): the floor of the per-step-VJP design
   itself, which the library's rows are measured against (``--no-minimal`` drops them);
+* ``--odeint-rows``: ``odeint/<mode>``, ``anodev2.odeint`` on the same f without an ODEBlock;
 * op counts: aten operations dispatched in one training step (a ``TorchDispatchMode`` counter,
   forward and backward), per step.
 
@@ -193,7 +194,7 @@ def _train_step(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq: bool, quick: bool,
-               minimal: bool = True) -> list[Row]:
+               minimal: bool = True, odeint_rows: bool = False) -> list[Row]:
     rows: list[Row] = []
     f = make_f(x.shape[1])
     hand = HAND[method]
@@ -217,6 +218,13 @@ def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq:
                 rows.append(Row(f"minimal/{mode}", "minimal", mode, _train_step(
                     lambda z, fm=fm, keep=keep: _MinimalCheckpoint.apply(method, fm, steps, keep, z, *fm.parameters()),
                     x, list(fm.parameters()))))
+    if odeint_rows:
+        for mode in modes:
+            fo = make_f(x.shape[1])
+            rows.append(Row(f"odeint/{mode}", "odeint", mode, _train_step(
+                lambda z, fo=fo, mode=mode: anodev2.odeint(lambda t, y: fo(y), z, steps=steps, method=method,
+                                                           grad=MODES[mode](), params=list(fo.parameters())),
+                x, list(fo.parameters()))))
     rows.append(Row("hand forward (F)", "hand-fwd", "-", fwd_only))
     rows.append(Row("hand forward no-grad (F0)", "hand-nograd", "-", fwd_nograd))
     for kind in kinds:
@@ -288,7 +296,7 @@ def report(method: str, steps: int, rows: list[Row], writer, clock: str) -> None
         if r.kind in ("hand-fwd", "hand-nograd"):
             continue
         t = get(r)
-        x_static = (t / static[r.mode] if r.kind not in ("none", "hand", "tdq", "minimal") and r.mode in static
+        x_static = (t / static[r.mode] if r.kind not in ("none", "hand", "tdq", "minimal", "odeint") and r.mode in static
                     else float("nan"))
         floor = fl.get(r.mode) if r.mode in ("checkpoint", "keep_forward") else (1.0 if r.mode == "backprop" else None)
         ops = "" if r.ops is None else str(r.ops)
@@ -327,6 +335,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-ops", action="store_true", help="skip the aten op counts")
     p.add_argument("--no-tdq", action="store_true", help="skip torchdiffeq even if installed")
     p.add_argument("--no-minimal", action="store_true", help="skip the hand-written minimal adjoint rows")
+    p.add_argument("--odeint-rows", action="store_true",
+                   help="add odeint/<mode> rows: anodev2.odeint on the same f without an ODEBlock (splits the "
+                        "library's time into solver engine and block)")
     p.add_argument("--quick", action="store_true", help="smoke test: Nt=3, euler, kinds none+rda, 3 repeats")
     p.add_argument("--out", type=Path, default=None, help="directory for overhead.csv and ops.csv")
     a = p.parse_args(argv)
@@ -358,7 +369,8 @@ def main(argv=None) -> int:
     x = torch.randn(a.batch, a.channels, a.size, a.size, generator=torch.Generator().manual_seed(1))
     for method in a.methods:
         for steps in a.steps:
-            rows = build_rows(method, steps, kinds, a.modes, x, with_tdq, a.quick, minimal=not a.no_minimal)
+            rows = build_rows(method, steps, kinds, a.modes, x, with_tdq, a.quick, minimal=not a.no_minimal,
+                              odeint_rows=a.odeint_rows)
             if not a.no_ops:
                 for r in rows:
                     if r.kind not in ("hand-fwd", "hand-nograd"):
