@@ -151,14 +151,15 @@ class RunDir:
     path: Path
     lock: RunLock
     created_dirs: list = field(default_factory=list)  # directories this start made, outermost first
-    start_over: bool = False  # --resume of a run that was started but never wrote a checkpoint
+    start_over: bool = False  # a run was started here but never wrote a checkpoint: start it over
+    owns_outputs: bool = False  # the outputs in the directory are this start's (a new run, or after start-over)
 
     def release(self) -> None:
         self.lock.release()
 
-    def abandon(self, fresh: bool) -> None:
-        """Undo a start that failed: the outputs of a fresh start, a run.lock and directories this start created."""
-        if fresh:
+    def abandon(self) -> None:
+        """Undo a start that failed: the outputs this start wrote, a run.lock and directories it created."""
+        if self.owns_outputs:
             _remove_outputs(self.path)
         if self.lock.created:
             self.lock.remove()
@@ -200,8 +201,9 @@ def prepare_run_dir(out_dir: str, resume: bool) -> RunDir:
     cannot be created or written, holds a symbolic link where the run writes a file, already holds
     a run (without ``resume``), holds files a run writes but no run (other files, e.g. a job's
     log, are left alone), or (with ``resume``) holds no run;
-    RunLockedError when a live process holds it. With ``resume``, a run that was started but never
-    wrote a checkpoint is started over (``start_over``; its old outputs are removed by ``fit``).
+    RunLockedError when a live process holds it. A run that was started (run.lock) but never wrote
+    a checkpoint is started over, by the same command or ``--resume`` (``start_over``: ``fit``
+    removes its old outputs once the new run is built).
     """
     if not str(out_dir).strip():
         raise UsageError("out_dir is empty; allowed: a directory path, e.g. out_dir=runs/NAME")
@@ -224,7 +226,7 @@ def prepare_run_dir(out_dir: str, resume: bool) -> RunDir:
         claim.lock.write_pid()
     except BaseException as e:
         if claim is not None:
-            claim.abandon(fresh=False)
+            claim.abandon()
         else:
             for d in reversed(created):
                 try:
@@ -251,7 +253,8 @@ def _check_run_dir(claim: RunDir, resume: bool) -> None:
     started = not claim.lock.created  # run.lock is only ever made by a run (a failed start removes it)
     has_checkpoint = (out / "last.pt").exists()
     # files a new run would overwrite, merge into or delete; anything else (a job's log file) is left alone
-    others = sorted(p.name for p in out.iterdir() if _run_output(p.name) and not (started and is_run_temporary(p.name)))
+    others = sorted(p.name for p in out.iterdir()
+                    if _run_output(p.name) and not (started and is_run_temporary(p.name)))
     if resume:
         if not has_checkpoint:
             if not started:
@@ -262,14 +265,15 @@ def _check_run_dir(claim: RunDir, resume: bool) -> None:
     if has_checkpoint:
         raise UsageError(f"out_dir {out} already holds a run (last.pt); continue it with "
                          f"--resume {out}, or choose another out_dir=DIR")
+    if started:  # killed or stopped before its first checkpoint: nothing to keep, start it over (fit removes its logs)
+        claim.start_over = bool(others)
+        claim.owns_outputs = not others
+        return
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        if started:
-            raise UsageError(f"out_dir {out} holds a run that was started but never wrote a checkpoint ({shown}); "
-                             f"start it over with --resume {out} (its old logs are removed), or choose another "
-                             f"out_dir=DIR")
         raise UsageError(f"out_dir {out} holds files a run writes ({shown}) but no run; a run never overwrites "
                          f"them: move them, or choose another out_dir=DIR")
+    claim.owns_outputs = True  # nothing of a run's here: what appears is this start's
 
 
 def read_last_checkpoint(out: Path) -> dict:
@@ -321,7 +325,7 @@ def setup_run(cfg: Config, resume: bool) -> tuple[RunContext, RunState, Optional
         run = _build(cfg, device, info)
     except BaseException:
         if claim is not None:
-            claim.abandon(fresh=not resume)
+            claim.abandon()
         distmod.shutdown(info)
         raise
     return run, RunState(), claim, ck
@@ -339,7 +343,7 @@ def _claim_run_dir(cfg: Config, resume: bool, info: distmod.DistInfo) -> tuple[O
             failure = e
     if not _agree(failure is None, info):
         if claim is not None:
-            claim.abandon(fresh=not resume)
+            claim.abandon()
         if failure is not None:
             raise failure
         raise _PeerFailed("rank 0 failed during set-up")
@@ -681,6 +685,7 @@ def reconcile(out: Path, ck: dict) -> list[str]:
 
 def _start_over(claim: RunDir) -> None:
     gone = _remove_outputs(claim.path)
+    claim.owns_outputs = True
     print(f"starting {claim.path} over from epoch 1: it was started but never wrote a checkpoint"
           + (f" (removed {', '.join(gone)})" if gone else ""), flush=True)
 
@@ -727,7 +732,7 @@ def fit(cfg: Config, resume: bool = False, resumes: Optional[list] = None) -> li
                     if run.writer is not None:
                         run.writer.close()
                         run.writer = None
-                    claim.abandon(fresh=not resume or claim.start_over)
+                    claim.abandon()
                     claim = None
             for epoch in range(state.epoch, cfg.train.epochs):
                 t0 = time.perf_counter()

@@ -4,7 +4,8 @@
 
 SPEC: {"args": [train_coupled.py arguments without out_dir], "work": DIR, "kill_every_point_of_epoch": EPOCH,
        "seeds": [train.seed values to try], "best_epochs": [epochs that must write best.pt],
-       "cases": [{"at": "EPOCH:POINT", "action": "kill" | "enospc" | "sigterm" | "sigint"}, ...]}
+       "cases": [{"at": "EPOCH:POINT", "action": "kill" | "enospc" | "sigterm" | "sigint",
+                  "rerun": true to run the same command again instead of --resume}, ...]}
 
 A traced, uninterrupted reference run (in this process) first records every point of the run's
 file writes (``run_files.fault_hook``) as ``EPOCH:POINT`` (EPOCH = the epoch whose end is being
@@ -160,7 +161,8 @@ def _case(i: int, case: dict, args: list, work: Path) -> dict:
     faulted = _child([*args, f"out_dir={d}"], work / f"case{i:02d}", _at(case["at"], case["action"]))
     files = sorted(p.name for p in d.iterdir()) if d.is_dir() else None
     after = _state(d)
-    resumed = _child(["--resume", d], work / f"case{i:02d}.resume")
+    again = [*args, f"out_dir={d}"] if case.get("rerun") else ["--resume", d]
+    resumed = _child(again, work / f"case{i:02d}.resume")
     if resumed["status"] == 2 and not (d / "config.yaml").exists():  # killed before the run had a config:
         resumed["restarted"] = _child([*args, f"out_dir={d}"], work / f"case{i:02d}.restart")  # start anew
     return {**case, "index": i, "dir": str(d), "faulted": faulted, "files": files, "after": after, "resumed": resumed}

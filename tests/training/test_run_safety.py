@@ -258,6 +258,7 @@ def faults(tmp_path_factory):
             "kill_every_point_of_epoch": 2,
             "cases": [{"at": "0:config.yaml:tmp", "action": "kill"},  # before the run has a config
                       {"at": "1:last.pt.sha256:before", "action": "kill"},  # a sidecar, no first last.pt
+                      {"at": "1:tensorboard", "action": "kill", "rerun": True},  # then the same command again
                       {"at": "1:last.pt", "action": "kill"},  # the first last.pt, no best.pt yet
                       {"at": "2:last.pt:tmp", "action": "enospc"},  # last.pt stays at epoch 1
                       {"at": "2:last.pt.sha256:tmp", "action": "enospc"},  # last.pt at epoch 2, sidecar lists both
@@ -312,7 +313,7 @@ def test_a_kill_at_every_point_of_the_epoch_end_resumes_to_the_uninterrupted_run
     ref = Path(faults["reference"]["dir"])
     assert [p[2:] for p in faults["points"] if p.startswith("2:")] == EPOCH_END
     assert [r.get("best") for r in metrics(ref)] == [True, True]
-    kills = {c["at"]: c for c in faults["cases"] if c["action"] == "kill"}
+    kills = {c["at"]: c for c in faults["cases"] if c["action"] == "kill" and not c.get("rerun")}
     assert set(kills) == {f"2:{p}" for p in EPOCH_END} | {"0:config.yaml:tmp", "1:last.pt.sha256:before",
                                                            "1:last.pt"}
     for at, case in kills.items():
@@ -344,6 +345,14 @@ def test_a_kill_at_every_point_of_the_epoch_end_resumes_to_the_uninterrupted_run
             assert case["after"]["last.pt"] == 1
             assert "best.pt rebuilt from last.pt (epoch 1, the best test accuracy; best.pt was missing)" in out, out
         _assert_same_as_reference(run, ref)
+    # killed during epoch 1's end, then the same command again: the run is started over (its old metrics and event
+    # files removed), not merged with the killed one
+    (rerun,) = [c for c in faults["cases"] if c.get("rerun")]
+    run, out = Path(rerun["dir"]), rerun["resumed"]["stdout"]
+    assert rerun["faulted"]["status"] == -signal.SIGKILL and rerun["resumed"]["status"] == 0, rerun["resumed"]
+    assert f"starting {run} over from epoch 1: it was started but never wrote a checkpoint (removed config.yaml, " \
+           f"events.out.tfevents." in out and "metrics.jsonl, model.txt)" in out, out
+    _assert_same_as_reference(run, ref)
 
 
 def _error_line(err):
@@ -397,9 +406,9 @@ def _listing(d):
 def test_out_dir_links_foreign_files_and_empty_names_are_refused_and_leave_nothing_behind(one_epoch_run, tmp_path,
                                                                                          capsys):
     """Issue 18 D2/D3: never a link for run.lock or a file the run writes, no directory holding files a run writes
-    but no run (a job's own log file beside is fine), no empty out_dir, no silent reuse of a run that never wrote a
-    checkpoint; every refusal is exit 2 with one ``error:`` line, and the directory is left exactly as it was (a
-    start that fails creates nothing)."""
+    but no run (a job's own log file beside is fine), no empty out_dir, no silent merge with a run that never
+    wrote a checkpoint (it is started over); every refusal is exit 2 with one ``error:`` line, and the directory
+    is left exactly as it was (a start that fails creates nothing)."""
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious\n")
     link_lock = tmp_path / "link_lock"
@@ -432,8 +441,6 @@ def test_out_dir_links_foreign_files_and_empty_names_are_refused_and_leave_nothi
         (f"out_dir={link_metrics}", link_metrics, [f"{link_metrics / 'metrics.jsonl'} is a symbolic link"]),
         (f"out_dir={foreign}", foreign, [f"out_dir {foreign} holds files a run writes (.last.pt.abcd1234.tmp, "
                                          f"config.yaml, metrics.jsonl, model.txt) but no run"]),
-        (f"out_dir={started}", started, ["holds a run that was started but never wrote a checkpoint",
-                                         f"start it over with --resume {started}"]),
         (f"out_dir={tmp_path / 'new' / 'deeper' / 'run'}", tmp_path / "new", ["cifar10 data not found"]),
         (f"out_dir={empty}", empty, ["cifar10 data not found"]),
         (f"out_dir={with_log}", with_log, ["cifar10 data not found"]),  # got as far as the data
@@ -448,6 +455,13 @@ def test_out_dir_links_foreign_files_and_empty_names_are_refused_and_leave_nothi
         if where is not None:
             assert _listing(where) == before, override  # no run.lock, no directory, nothing deleted
     assert victim.read_bytes() == b"precious\n"
+    # a run started but never checkpointed is started over by the same command, but only once the new run is
+    # built: a start that fails before (here: no data) removes none of the old run's files
+    before = _listing(started)
+    assert main([*TINY, *no_data, f"out_dir={started}"]) == 2
+    assert "cifar10 data not found" in _one_error_line(capsys.readouterr().err)
+    assert {k: v for k, v in _listing(started).items() if k != "run.lock"} == \
+        {k: v for k, v in before.items() if k != "run.lock"}
     before = _listing(resumed_link)
     assert main(["--resume", str(resumed_link)]) == 2
     assert f"{resumed_link / 'last.pt'} is a symbolic link" in _one_error_line(capsys.readouterr().err)
