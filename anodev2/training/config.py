@@ -245,9 +245,9 @@ class TrainConfig:
     eval_every: int = _opt(1, "evaluate on the test set every this many epochs (and after the last)", min=1)
     micro_batches: int = _opt(1, "split each batch into this many interleaved micro-batches (x[i::n]) whose "
                                  "gradients are accumulated: less memory, same step (as DDP's ranks)", min=1)
-    amp: Union[bool, str] = _opt(False, "mixed precision: false = float32; true (= fp16) = CUDA float16 autocast + "
-                                        "GradScaler; bf16 = bfloat16 autocast on CPU or CUDA (no scaler)",
-                                 resolve=lambda key, value, section: _resolve_amp(key, value))
+    amp: Any = _opt(False, "mixed precision: false = float32; true (= fp16) = CUDA float16 autocast + GradScaler; "
+                           "bf16 = bfloat16 autocast on CPU or CUDA (no scaler)",
+                    choices=("false", "true", "fp16", "bf16"), resolve=lambda key, value, section: _resolve_amp(key, value))
 
 
 @dataclass(frozen=True)
