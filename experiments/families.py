@@ -5,7 +5,7 @@ Every family trains the same network (ResNet-4: stem, one ODE block, classifier)
 recipe; a seed fixes the training subset, the data order, the augmentation and the initial
 weights θ0 for every family alike (the trainer seeds the model build and the loaders with
 ``train.seed``; the families' own parameters start at zero, so a family's network starts as
-ANODE's: tests/experiments/test_families.py checks θ0 is the same across families), so the
+ANODE's: tests/experiments/test_families_grid.py checks θ0 is the same across families), so the
 families are compared seed by seed. Families:
 
     baseline    discrete ResNet (the residual block itself)
