@@ -5,18 +5,22 @@ Tag scheme (global step = epoch number, 1-based, for every tag):
     train/loss, train/acc, test/loss, test/acc      mean cross-entropy, top-1 accuracy in [0, 1]
     opt/lr                                         learning rate of the epoch
     time/epoch_s, time/images_per_s                wall time of the epoch, training throughput
-    evolution/{block}/{weight}/hist/t{n}           histogram of θ(t_n), n = 0..Nt
-    evolution/{block}/{weight}/rel_change/t{n}     ||θ(t_n) - θ(0)|| / ||θ(0)||
+    evolution/{block}/time/t{n}                    the time t_n of index n (scalar)
+    evolution/{block}/{weight}/hist/t{n}           histogram of θ(t_n)
+    evolution/{block}/{weight}/rel_change/t{n}     ||θ(t_n) - θ(t_0)|| / ||θ(t_0)||
     evolution/{block}/{weight}/kernels             image: row n shows kernels of θ(t_n), one colour
                                                    scale for all n (red > 0, white 0, blue < 0)
-    evolution/{block}/{weight}/kernels_delta       image: row n shows θ(t_n) - θ(0), one colour scale
+    evolution/{block}/{weight}/kernels_delta       image: row n shows θ(t_n) - θ(t_0), one colour scale
     evolution/{block}/{weight}/coef/{kind}/{mean,min,max}   scalars of block.evolution.coefficients()
     evolution/{block}/{weight}/coef/{kind}/hist    histogram of those per-channel coefficients
 
 ``{block}`` is the module path of the ODE block (anodev2.models.ode_blocks), ``{weight}``
 the evolving parameter name relative to the block's f (e.g. ``conv1.weight``). The views
-come from ``block.weights_at()`` after one no-grad, eval-mode forward pass on a fixed batch
-(ANODEV2, arXiv 1906.04596: the weights θ(t) of a block evolve by dθ/dt = q(θ, p)).
+come from ``block.weights_at("evaluations")`` after one no-grad, eval-mode forward pass on a
+fixed batch (ANODEV2, arXiv 1906.04596: the weights θ(t) of a block evolve by dθ/dt = q(θ, p)):
+t_0 < t_1 < ... are the distinct times at which f evaluated θ, i.e. the weights the network
+actually used (Euler x 3 on [0, 1]: 0, 1/3, 2/3 — f never sees θ(1)); where a Runge-Kutta
+method evaluates f twice at one time (rk4's two midpoint stages) the first stage's θ is shown.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import torch
 from einops import rearrange
 
-__all__ = ["SCALAR_TAGS", "evolution_tags", "kernel_grid", "collect_evolution", "log_evolution", "log_scalars"]
+__all__ = ["SCALAR_TAGS", "evolution_tags", "evaluated_weights", "kernel_grid", "collect_evolution", "log_evolution", "log_scalars"]
 
 #: metrics key -> TensorBoard tag
 SCALAR_TAGS = {
@@ -34,12 +38,25 @@ SCALAR_TAGS = {
 }
 
 
-def evolution_tags(block: str, weight: str, steps: int) -> list[str]:
-    """The per-step and image tags logged for one evolving weight of a block with ``steps`` = Nt steps."""
+def evolution_tags(block: str, weight: str, times: int) -> list[str]:
+    """The per-time and image tags logged for one evolving weight of a block whose f evaluated θ
+    at ``times`` distinct times (Euler x Nt: Nt; see :func:`evaluated_weights`)."""
     base = f"evolution/{block}/{weight}"
-    tags = [f"{base}/hist/t{n}" for n in range(steps + 1)]
-    tags += [f"{base}/rel_change/t{n}" for n in range(steps + 1)]
+    tags = [f"{base}/hist/t{n}" for n in range(times)]
+    tags += [f"{base}/rel_change/t{n}" for n in range(times)]
     return tags + [f"{base}/kernels", f"{base}/kernels_delta"]
+
+
+def evaluated_weights(block: torch.nn.Module) -> tuple[list[float], dict[str, list[torch.Tensor]]]:
+    """``(times, {weight: [θ(t_n)]})`` at the distinct times f evaluated θ in the block's last
+    forward (first evaluation at each time), in order. Empty for a block whose weights do not
+    evolve (no evolution or a static one)."""
+    times = block.evaluation_times() if getattr(block, "evolution", None) is not None else []
+    if not times:  # no evolution, a static one (nothing recorded: θ never changes), or no forward yet
+        return [], {}
+    weights = block.weights_at("evaluations")
+    keep = [i for i, t in enumerate(times) if t not in times[:i]]
+    return [times[i] for i in keep], {w: [seq[i] for i in keep] for w, seq in weights.items()}
 
 
 def _slices(theta: torch.Tensor) -> torch.Tensor:
@@ -74,18 +91,19 @@ def kernel_grid(thetas: Sequence[torch.Tensor], max_kernels: int = 16, scale: Op
 
 
 def collect_evolution(blocks: Iterable[tuple[str, torch.nn.Module]]) -> dict:
-    """{block name: {"weights": {weight: [θ(t_n)]}, "coefficients": {key: Tensor}}} for blocks with evolving weights.
+    """{block name: {"times": [t_n], "weights": {weight: [θ(t_n)]}, "coefficients": {key: Tensor}}} for
+    blocks with evolving weights, at the distinct times f evaluated θ (:func:`evaluated_weights`).
 
     Call after a forward pass. Blocks whose ``weights_at()`` is empty are left out.
     """
     out = {}
     for name, block in blocks:
-        weights = block.weights_at()
+        times, weights = evaluated_weights(block)
         if not weights:
             continue
         evo = getattr(block, "evolution", None)
         coefs = evo.coefficients() if evo is not None and hasattr(evo, "coefficients") else {}
-        out[name or "block"] = {"weights": dict(weights), "coefficients": dict(coefs)}
+        out[name or "block"] = {"times": times, "weights": weights, "coefficients": dict(coefs)}
     return out
 
 
@@ -105,6 +123,8 @@ def log_evolution(writer, model: torch.nn.Module, blocks: Sequence[tuple[str, to
         model.train(was_training)
     found = collect_evolution(blocks)
     for bname, info in found.items():
+        for n, t in enumerate(info["times"]):
+            writer.add_scalar(f"evolution/{bname}/time/t{n}", float(t), step)
         for wname, thetas in info["weights"].items():
             base = f"evolution/{bname}/{wname}"
             t0 = thetas[0].detach().float()

@@ -76,12 +76,15 @@ def test_tensorboard_has_evolution_views_for_every_weight_and_step(full_run):
     for name, block in blocks:
         for weight in block.evolving_names:
             n_weights += 1
-            expected = tb.evolution_tags(name, weight, steps=3)
-            assert len(expected) == 2 * 4 + 2
+            expected = tb.evolution_tags(name, weight, times=3)  # euler x 3: f uses θ at 0, 1/3, 2/3
+            assert len(expected) == 2 * 3 + 2
             missing = [t for t in expected if t not in have]
             assert not missing, missing
+            assert f"evolution/{name}/{weight}/rel_change/t3" not in have  # θ(1): never used by f
+            assert [round(acc.Scalars(f"evolution/{name}/time/t{n}")[-1].value, 6) for n in range(3)] == \
+                [0.0, round(1 / 3, 6), round(2 / 3, 6)]
             assert acc.Scalars(f"evolution/{name}/{weight}/rel_change/t0")[0].value == 0.0
-            assert acc.Scalars(f"evolution/{name}/{weight}/rel_change/t3")[-1].value > 0.0
+            assert acc.Scalars(f"evolution/{name}/{weight}/rel_change/t2")[-1].value > 0.0
             assert [e.step for e in acc.Images(f"evolution/{name}/{weight}/kernels")] == [1, 2]
             assert any(t.startswith(f"evolution/{name}/{weight}/coef/") for t in tags["scalars"])
     assert n_weights >= 2

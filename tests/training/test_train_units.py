@@ -80,7 +80,31 @@ def test_log_evolution_covers_every_evolving_weight_and_step():
     for name, block in models.ode_blocks(net):
         assert set(found[name]["weights"]) == set(block.evolving_names)
         for weight in block.evolving_names:
-            for tag in tb.evolution_tags(name, weight, steps=2):
+            times = found[name]["times"]
+            assert times == block.evaluation_times()[:len(times)] and len(times) == block.steps  # euler: one per step
+            for tag in tb.evolution_tags(name, weight, times=len(times)):
                 assert w.tags[tag][0][1] == 5, tag
     anode = models.build("resnet4", "anode", width=0.25)
     assert tb.log_evolution(_Writer(), anode, models.ode_blocks(anode), torch.randn(2, 3, 32, 32), 1) == {}
+
+
+def test_evolution_views_are_at_the_distinct_times_f_evaluated_theta():
+    """rk4 x 2 on [0, 1] evaluates f at 0, 1/4 (twice), 1/2 (end of step 1 and start of step 2), 3/4
+    (twice), 1: five distinct times, θ shown as f first saw it at each."""
+    import anodev2
+
+    f = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1), torch.nn.Tanh())
+    block = anodev2.ODEBlock(f, steps=2, method="rk4", evolution="linear")
+    with torch.no_grad():
+        for p in block.evolution.parameters():  # θ1 ≠ 0: θ(t) differs at every time
+            p.normal_()
+        block(torch.randn(1, 2, 5, 5))
+    times, weights = tb.evaluated_weights(block)
+    assert times == [0.0, 0.25, 0.5, 0.75, 1.0]
+    seen = block.weights_at("evaluations")["0.weight"]
+    first = [block.evaluation_times().index(t) for t in times]
+    assert all(torch.equal(a, seen[i]) for a, i in zip(weights["0.weight"], first))
+    assert not torch.equal(weights["0.weight"][0], weights["0.weight"][-1])
+    static = anodev2.ODEBlock(torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, padding=1)), steps=2, evolution="static")
+    static(torch.randn(1, 2, 5, 5))
+    assert tb.evaluated_weights(static) == ([], {})
