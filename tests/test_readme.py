@@ -39,7 +39,7 @@ def test_yaml_model_section_is_a_valid_config():
     (text,) = blocks("yaml")
     cfg = config_from_dict(merge_raw(load_raw("aconnect"), yaml.safe_load(text)))
     assert cfg.model.grad == anodev2.Checkpoint(checkpoints=2, keep_forward=False)
-    assert cfg.model.evolution == {"kind": "rda", "d_max": 0.125, "targets": None}
+    assert cfg.model.evolution == {"kind": "rda", "a_max": 0.25, "targets": None}
 
 
 def test_dotted_overrides_quoted_in_the_readme_are_accepted():

@@ -2,23 +2,43 @@
 ``reaction``, ``rda``.
 
 For a conv weight ``W [O, I, kH, kW]`` each ``kH x kW`` slice ``w`` is a field on a grid of
-unit cells (``operators``), evolving by
+unit cells (``operators``). The three single-term kinds evolve it by
 
-    dw/dt = D_o L w  +  Σ_{dir ∈ right,left,down,up} a_{dir,o} U_dir w  +  r_o ⊙ tanh(w)
+    diffusion:  dw/dt = D_o L w
+    advection:  dw/dt = Σ_{dir ∈ right,left,down,up} a_{dir,o} U_dir w
+    reaction:   dw/dt = r_o ⊙ tanh(w)
+
+and ``rda`` by the sum of the last two (the four speeds and the reaction; no separate ``D``):
+
+    rda:        dw/dt = Σ_dir a_{dir,o} U_dir w  +  r_o ⊙ tanh(w)
 
 * ``D_o ∈ [0, d_max]`` per output channel: ``L`` the zero-flux 5-point Laplacian;
 * ``a_{dir,o} ∈ [0, a_max]`` per output channel and direction: ``U_dir`` first-order upwind
   transport towards ``dir`` with outflow walls (no wrap-around). Net velocity along x is
-  ``a_right - a_left``; both non-zero add axis diffusion ``min(a_right, a_left)``. ``q`` is
-  linear in every coefficient, so the loss is smooth in each (no ``|a|`` kink at the initial
-  value 0): gradient descent picks the direction by which speed it increases;
+  ``a_right - a_left``; the common part ``min(a_right, a_left)`` is diffusion along x with
+  outflow walls: ``d·(U_right + U_left)`` is ``d`` times the 1-D second difference with zero
+  ghost cells. ``q`` is linear in every coefficient, so the loss is smooth in each (no ``|a|``
+  kink at the initial value 0): gradient descent picks the direction by which speed it
+  increases;
 * ``r_o ∈ [-r_max, r_max]^{kH×kW}`` per output channel **and kernel entry**: the reaction
   changes the kernel's shape (entry p of every slice of channel o grows or decays at its own
   rate) rather than rescaling output channel o, which a following BatchNorm/GroupNorm would
   cancel.
 
+**Why rda has no separate diffusion coefficient (identifiability).** The Neumann Laplacian is
+``L = U_right + U_left + U_down + U_up + diag(walls)`` (``walls``: the number of walls of a
+cell), and the per-entry reaction reproduces any diagonal to first order (``tanh w ≈ w``). With
+``D`` in rda, ``(D + δ, a_dir − δ, r − δ·walls)`` would change ``q`` only at ``O(w³)``: one
+near-null direction per output channel (Jacobian of a teacher block's outputs w.r.t. the
+coefficients: condition number 3.2e3, see docs/DESIGN.md §3). Without ``D`` the map from the
+coefficients to the linearised operator ``Σ_dir a_dir U_dir + diag(r)`` is one-to-one: the four
+``U_dir`` have disjoint off-diagonal supports (each couples a cell to one neighbour), which
+fix the four speeds, and the diagonal then fixes ``r``. Isotropic diffusion ``D`` is
+``a_dir = D`` for all four directions (with outflow walls; the reaction's diagonal can add the
+Neumann walls' ``D·walls`` back), so the function class is unchanged to first order.
+
 **Stability (proved in docs/EVOLUTION.md, tested on explicit step matrices).** Let
-``ρ = 4·D + a_right + a_left + a_down + a_up`` (per channel). The linear part's Euler step
+``ρ = 4·D + a_right + a_left + a_down + a_up`` (per channel; ``D = 0`` for advection and rda). The linear part's Euler step
 ``I + hM`` has diagonal ``>= 1 - hρ``, off-diagonal entries ``>= 0`` and row sums ``<= 1``
 (``= 1`` except rows at an upwind wall, where mass stops entering). Hence for
 
@@ -29,7 +49,7 @@ every step is entrywise non-negative with row sums <= 1: ``||w_{n+1}||_∞ <= ||
 conserved -- it leaves through outflow walls). The same holds for every method of
 ``anodev2.solvers`` (euler, midpoint/rk2, heun, rk4): their step is the truncated Taylor
 polynomial ``P(hM) = Σ_j γ_j (I + hM)^j`` with ``γ_j >= 0``, ``Σ γ_j = 1`` (threshold factor 1,
-Kraaijevanger 1986). The bounds ``4·d_max + 4·a_max <= 1`` (over the terms a kind learns)
+Kraaijevanger 1986). The bounds ``4·d_max + 4·a_max <= 1`` (over the terms a kind learns; rda: ``4·a_max <= 1``)
 give (*) for every step ``h <= 1``; ``check_options`` rejects bounds that break it, and an
 ``ODEBlock`` whose step ``h = |t1 − t0|/steps`` is too large for the bounds is refused
 (:meth:`RDAEvolution.check_span`). Reaction:
@@ -65,7 +85,7 @@ RDA_TERMS: dict[str, tuple[str, ...]] = {
     "diffusion": ("diffusion",),
     "advection": ADVECTION_TERMS,
     "reaction": ("reaction",),
-    "rda": ("diffusion",) + ADVECTION_TERMS + ("reaction",),
+    "rda": ADVECTION_TERMS + ("reaction",),  # no D: the symmetric part of the speeds is diffusion
 }
 RDA_KINDS: tuple[str, ...] = tuple(RDA_TERMS)
 
@@ -74,7 +94,7 @@ RDA_DEFAULTS: dict[str, dict[str, float]] = {
     "diffusion": {"d_max": 0.25, "init_scale": 0.0},
     "advection": {"a_max": 0.25, "init_scale": 0.0},
     "reaction": {"r_max": 1.0, "init_scale": 0.0},
-    "rda": {"d_max": 0.125, "a_max": 0.125, "r_max": 1.0, "init_scale": 0.0},
+    "rda": {"a_max": 0.25, "r_max": 1.0, "init_scale": 0.0},
 }
 
 _STENCIL = {"diffusion": 0, "advection_right": 1, "advection_left": 2, "advection_down": 3, "advection_up": 4}

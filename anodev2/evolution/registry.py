@@ -137,7 +137,8 @@ EVOLUTIONS: dict[str, EvolutionSpec] = {
     "diffusion": _rda_entry("diffusion", "dθ/dt = D·Laplacian(θ) per output channel (zero-flux walls)"),
     "advection": _rda_entry("advection", "upwind transport of each kernel slice, outflow walls, 4 speeds per channel"),
     "reaction": _rda_entry("reaction", "dθ/dt = r ⊙ tanh(θ), r per output channel and kernel entry"),
-    "rda": _rda_entry("rda", "reaction + diffusion + advection (ANODEV2's RDA weight ODE)"),
+    "rda": _rda_entry("rda", "advection (4 speeds; their common part is diffusion) + per-entry reaction "
+                             "(ANODEV2's RDA weight ODE; no separate D, which would not be identifiable)"),
     "generator": EvolutionSpec(
         "generator", lambda shapes, span, **o: GeneratorEvolution(shapes, **o),
         "dθ/dt = M_o θ per output channel, M_o = skew − PSD (eigenvalues Re <= 0): learned linear ODE", "ode",

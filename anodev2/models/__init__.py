@@ -46,8 +46,8 @@ section and resolved once, by the engine's registries:
   ``mode`` the mapping adjusts the variant's mode (``grad={"checkpoints": 2}``). The object is
   handed unchanged to every ``ODEBlock`` and from there to ``odeint``.
 * ``evolution``: a kind name (``"rda"``) or a mapping ``{"kind": "rda", "targets": [...],
-  "d_max": 0.1, ...}`` (the kind's options: ``anodev2.evolution``); without ``kind`` it adjusts
-  the variant's kind (``evolution={"d_max": 0.1}`` for ``anodev2``); ``targets`` left out or
+  "a_max": 0.1, ...}`` (the kind's options: ``anodev2.evolution``); without ``kind`` it adjusts
+  the variant's kind (``evolution={"a_max": 0.1}`` for ``anodev2``); ``targets`` left out or
   None = the spatial conv weights above.
 
 The flat spellings of earlier versions (``checkpoints=``, ``keep_forward=``,

@@ -5,7 +5,7 @@ A config is a YAML file (read with ``yaml.safe_load``) with the sections
     data:   which data set, where it lives, subsets, augmentation, loader workers
     model:  network name and variant, ODE solver (steps, method), gradient mode
             (``grad: {mode: checkpoint, checkpoints: 2}``), weight evolution (ANODEV2, arXiv
-            1906.04596: ``evolution: {kind: rda, d_max: 0.125}``) and extra build options
+            1906.04596: ``evolution: {kind: rda, a_max: 0.25}``) and extra build options
     optim:  SGD (momentum, nesterov) or Adam; lr, weight decay, multistep/cosine schedule
     train:  epochs, batch size, seed, device, evaluation period, mixed precision
     log:    TensorBoard / weight-evolution logging options

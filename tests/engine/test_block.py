@@ -210,7 +210,7 @@ def test_bad_inputs():
         ODEBlock(f, evolution={"d_max": 0.1})
     with pytest.raises(ValueError, match="evolution targets entry 'conv9.weight' matches no parameter"):
         ODEBlock(f, evolution={"kind": "rda", "targets": ["conv9.weight"]})
-    with pytest.raises(ValueError, match=r"^evolution.d_maxx is not an option of evolution kind 'rda'; allowed: targets, d_max"):
+    with pytest.raises(ValueError, match=r"^evolution.d_maxx is not an option of evolution kind 'rda'; allowed: targets, a_max"):
         ODEBlock(f, evolution={"kind": "rda", "d_maxx": 0.1})
     with pytest.raises(ValueError, match="f has no nn.Conv2d"):
         ODEBlock(nn.Linear(3, 3), evolution="rda")

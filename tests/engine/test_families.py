@@ -75,7 +75,9 @@ def test_registry_lists_every_kind_with_its_options():
         for name, (default, description, bounds) in opts.items():
             assert description and check_evolution_options(kind, {name: default})[name] == default
         assert (spec.off is None) == (kind == "static")
-    assert evolution_options("rda")["d_max"] == (0.125, "diffusion bound: 0 <= D <= d_max", (0.0, 1.0))
+    assert evolution_options("diffusion")["d_max"] == (0.25, "diffusion bound: 0 <= D <= d_max", (0.0, 1.0))
+    assert "d_max" not in evolution_options("rda")  # rda: speeds + reaction, no separate D (identifiability)
+    assert evolution_options("rda")["a_max"][0] == 0.25
     assert evolution_options("galerkin")["basis_size"][0] == 3 and evolution_options("untied") == {
         "pieces": (0, "number of equal sub-intervals; 0 = one per solver step", (0, None))}
     text = describe_kinds()
@@ -346,7 +348,7 @@ def test_evolution_off_means_what_the_registry_says(kind):
 def _own_count(kind: str, shape, steps: int = 3) -> int:
     o, i, kh, kw = shape
     cells, size = kh * kw, o * i * kh * kw
-    return {"diffusion": o, "advection": 4 * o, "reaction": o * cells, "rda": o * (5 + cells),
+    return {"diffusion": o, "advection": 4 * o, "reaction": o * cells, "rda": o * (4 + cells),
             "generator": o * (cells * (cells - 1) + cells), "linear": size, "galerkin": 2 * size,
             "untied": (steps - 1) * size, "time_input": o * cells}[kind]
 
@@ -442,9 +444,9 @@ def test_ode_kind_compiles_without_graph_breaks_and_projects_its_bounds():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     assert not counters["graph_break"], dict(counters["graph_break"])
     with torch.no_grad():
-        blk.evolution.coef["diffusion_k3x3"].fill_(7.0)
+        blk.evolution.coef["advection_up_k3x3"].fill_(7.0)
     compiled(x)
-    assert torch.equal(blk.evolution.coef["diffusion_k3x3"].detach(), torch.full((4, 1), 0.125))
+    assert torch.equal(blk.evolution.coef["advection_up_k3x3"].detach(), torch.full((4, 1), 0.25))
 
 
 @pytest.mark.parametrize("kind", EXPLICIT + ("time_input",))

@@ -267,7 +267,7 @@ def test_options_override_variant_defaults():
         (("resnet4", "anodev2"), {"evolution": "wave"}, r"evolution='wave' is not allowed; allowed: static \| .*rda"),
         (("resnet4", "anodev2"), {"evolution": object()}, "evolution must be None, a kind name or a mapping"),
         (("resnet4", "anodev2"), {"evolution": {"targets": ["nope.weight"]}}, "nope"),
-        (("resnet4", "anodev2"), {"evolution": {"d_max": 2.0}}, r"evolution.d_max=2.0 is not allowed"),
+        (("resnet4", "anodev2"), {"evolution": {"a_max": 2.0}}, r"evolution.a_max=2.0 is not allowed"),
         (("resnet4", "anode", 0), {}, "num_classes"),
     ],
 )

@@ -61,7 +61,7 @@ def test_evolution_mapping_reaches_the_evolution(tmp_path):
     assert (block.evolution.kind, block.evolving_names) == ("diffusion", ("conv1.weight",))
     assert block.evolution.bounds()["diffusion"] == (0.0, 0.1)
     # kind left out: the variant's (anodev2: rda); a plain name; null = the variant's default
-    assert load_config(write(tmp_path, {"evolution": {"d_max": 0.1}})).model.evolution == {"kind": "rda", "d_max": 0.1}
+    assert load_config(write(tmp_path, {"evolution": {"a_max": 0.1}})).model.evolution == {"kind": "rda", "a_max": 0.1}
     assert load_config(write(tmp_path, {"evolution": "reaction"})).model.evolution == {"kind": "reaction"}
     (block,) = blocks(load_config(write(tmp_path, {"evolution": None})))
     assert block.evolution.kind == "rda" and block.evolving_names == ("conv1.weight", "conv2.weight")
@@ -85,11 +85,11 @@ def test_dotted_overrides_reach_nested_keys(tmp_path):
 
 
 def test_round_trip_writes_the_mapping_spelling(tmp_path):
-    cfg = load_config("aconnect", ["model.grad.keep_forward=true", "model.evolution={kind: rda, d_max: 0.1, "
+    cfg = load_config("aconnect", ["model.grad.keep_forward=true", "model.evolution={kind: rda, a_max: 0.1, "
                                    "targets: [conv1.weight]}"])
     d = config_to_dict(cfg)
     assert d["model"]["grad"] == {"mode": "checkpoint", "checkpoints": None, "keep_forward": True, "preserve_rng": True}
-    assert d["model"]["evolution"] == {"kind": "rda", "d_max": 0.1, "targets": ["conv1.weight"]}
+    assert d["model"]["evolution"] == {"kind": "rda", "a_max": 0.1, "targets": ["conv1.weight"]}
     assert config_from_dict(d) == cfg
     p = tmp_path / "dumped.yaml"
     p.write_text(dump_config(cfg))
@@ -127,7 +127,7 @@ def test_old_flat_keys_name_the_new_spelling(tmp_path, capsys, old, value, new):
                                                     "allowed: no options"),
     ("model.evolution=wave", "model.evolution='wave' is not allowed; allowed: static | diffusion"),
     ("model.evolution.kind=wave", "model.evolution.kind='wave' is not allowed; allowed: static | diffusion"),
-    ("model.evolution.d_max=2", "model.evolution.d_max=2 is not allowed: option 'd_max' of evolution kind 'rda' "
+    ("model.evolution.a_max=2", "model.evolution.a_max=2 is not allowed: option 'a_max' of evolution kind 'rda' "
                                 "must be in [0.0, 1.0], got 2"),
     ("model.evolution={kind: linear, d_max: 0.1}", "model.evolution.d_max is not an option of evolution kind 'linear'"),
     ("model.evolution.targets=3", "model.evolution.targets=3 is not allowed; allowed: null"),
@@ -155,7 +155,7 @@ def test_help_lists_every_nested_key_from_the_registries():
         for option, opt in spec.options.items():
             line = next(l for l in text.splitlines() if l.startswith(f"    model.evolution.{option} = "))
             assert f"({kind}" in line or f", {kind}" in line, (option, kind, line)
-    assert "    model.evolution.d_max = 0.25 (diffusion), 0.125 (rda)  [number >= 0.0 and <= 1.0]" in text
+    assert "    model.evolution.d_max = 0.25 (diffusion)  [number >= 0.0 and <= 1.0]" in text
     for key in ("model.checkpoints", "model.keep_forward", "model.evolution_targets"):
         assert f"  {key} =" not in text
 
@@ -172,7 +172,7 @@ def test_model_options_cannot_shadow_a_model_key():
 def test_switching_mode_over_a_mapping_says_how(tmp_path):
     """A dotted mode / kind merges key by key into the file's mapping, so the old mode's options stay:
     the error says to give the whole value."""
-    path = write(tmp_path, {"grad": {"mode": "checkpoint", "checkpoints": 2}, "evolution": {"kind": "rda", "d_max": 0.1}})
+    path = write(tmp_path, {"grad": {"mode": "checkpoint", "checkpoints": 2}, "evolution": {"kind": "rda", "a_max": 0.1}})
     with pytest.raises(ConfigError, match=re.escape(
             "model.grad.checkpoints is not an option of grad mode 'backprop'; allowed: no options (mode 'backprop' "
             "has none) (to switch mode, give the whole value: model.grad=backprop or model.grad={mode: ..., ")):
