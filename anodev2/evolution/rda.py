@@ -30,7 +30,7 @@ and ``rda`` by the sum of the last two (the four speeds and the reaction; no sep
 cell), and the per-entry reaction reproduces any diagonal to first order (``tanh w ≈ w``). With
 ``D`` in rda, ``(D + δ, a_dir − δ, r − δ·walls)`` would change ``q`` only at ``O(w³)``: one
 near-null direction per output channel (Jacobian of a teacher block's outputs w.r.t. the
-coefficients: condition number 3.2e3, see docs/DESIGN.md §3). Without ``D`` the map from the
+coefficients: condition number 3.2e3; without ``D`` 2.5e2, docs/DESIGN.md §3). Without ``D`` the map from the
 coefficients to the linearised operator ``Σ_dir a_dir U_dir + diag(r)`` is one-to-one: the four
 ``U_dir`` have disjoint off-diagonal supports (each couples a cell to one neighbour), which
 fix the four speeds, and the diagonal then fixes ``r``. Isotropic diffusion ``D`` is
@@ -144,9 +144,9 @@ class RDAEvolution(SliceEvolution):
     Args:
         kind: one of ``RDA_KINDS`` = ("diffusion", "advection", "reaction", "rda").
         target_shapes: ``{parameter name: [O, I, kH, kW]}``; names may contain '.'.
-        d_max: diffusion bound, ``0 <= D <= d_max``.
-        a_max: bound of each directional speed, ``0 <= a_dir <= a_max``.
-        r_max: reaction bound, ``|r| <= r_max <= 1``.
+        d_max: diffusion bound, ``0 <= D <= d_max`` (kind ``diffusion`` only).
+        a_max: bound of each directional speed, ``0 <= a_dir <= a_max`` (``advection``, ``rda``).
+        r_max: reaction bound, ``|r| <= r_max <= 1`` (``reaction``, ``rda``).
         init_scale: scale of random initial coefficients (default 0: all zero).
         Defaults per kind: ``RDA_DEFAULTS`` (the whole budget of (*) for the terms learned).
     Parameters: ``coef["<term>_k{kH}x{kW}"]`` of shape ``[ΣO, 1]`` (diffusion, each speed) or
