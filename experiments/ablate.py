@@ -41,8 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from experiments.grid import (ROOT, GridRun, add_launch_args, check_launch_args, execute, expected_epochs,
-                              read_metrics)
+from experiments.grid import (ROOT, GridRun, add_launch_args, check_launch_args, execute_and_summarise,
+                              expected_epochs, read_metrics)
 from experiments.output import write_csv
 
 PAPER_CONFIGS = ROOT / "experiments" / "configs" / "paper"
@@ -345,14 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not runs:
         args.parser.error(f"--models {args.models} --variants {args.variants} --seeds {args.seeds} select no run "
                           f"of grid {args.grid!r}; allowed: models {list(full.models)}, seeds {list(full.seeds)}")
-    failed = execute(grid, runs, args)
-    if failed is None:  # dry run, or submitted without waiting
-        return 0
-    print(aggregate(grid, runs, args.out))
-    if failed:
-        print(f"failed runs (see OUT/_logs/RUN.log): {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return execute_and_summarise(grid, runs, args, lambda: aggregate(grid, runs, args.out))
 
 
 if __name__ == "__main__":

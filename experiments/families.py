@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from experiments import predictions, significance
-from experiments.grid import GridRun, add_launch_args, check_launch_args, execute, read_metrics
+from experiments.grid import GridRun, add_launch_args, check_launch_args, execute_and_summarise, read_metrics
 from experiments.output import write_csv
 
 
@@ -460,14 +460,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"(measured in {time.time() - t:.0f} s)")
         return 0
     runs = expand(grid, args.out)
-    failed = execute(grid, runs, args)
-    if failed is None:  # dry run, or submitted without waiting
-        return 0
-    print(aggregate(grid, args.out, args.grid))
-    if failed:
-        print(f"failed runs (see OUT/_logs/RUN.log): {failed}", file=sys.stderr)
-        return 1
-    return 0
+    return execute_and_summarise(grid, runs, args, lambda: aggregate(grid, args.out, args.grid))
 
 
 if __name__ == "__main__":

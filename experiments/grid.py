@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("local", "submitit")
@@ -239,6 +239,20 @@ def check_launch_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         p.error(f"--set takes KEY=VALUE pairs, got {bad}")
+
+
+def execute_and_summarise(grid, runs: Sequence[GridRun], args: argparse.Namespace,
+                          summarise: Callable[[], str]) -> int:
+    """:func:`execute`, then print ``summarise()`` (the grid's tables) and name the failed runs.
+    Returns the script's exit status: 0, or 1 when a run failed."""
+    failed = execute(grid, runs, args)
+    if failed is None:  # dry run, or submitted without waiting
+        return 0
+    print(summarise())
+    if failed:
+        print(f"failed runs (see OUT/{LOG_DIR}/RUN.log): {failed}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def execute(grid, runs: Sequence[GridRun], args: argparse.Namespace) -> Optional[list[str]]:
