@@ -369,11 +369,14 @@ def test_tensorboard_views_for_every_family(kind):
     blk(torch.randn(2, 3, 5, 5, dtype=D))
     found = collect_evolution([("block", blk)])["block"]
     assert set(found["weights"]) == {"conv1.weight", "conv2.weight"}
-    assert all(len(v) == 4 for v in found["weights"].values())
     assert found["coefficients"] and all(v.numel() > 0 for v in found["coefficients"].values())
     seen = blk.weights_at("evaluations")
     assert len(blk.evaluation_times()) == 3 and all(len(v) == 3 for v in seen.values())
     assert blk.evaluation_times() == pytest.approx([0, 1 / 3, 2 / 3])  # euler x 3 never shows f θ(1)
+    # TensorBoard shows exactly what f saw: θ at 0, 1/3, 2/3 (euler evaluates once per time)
+    assert found["times"] == blk.evaluation_times()
+    for name, views in found["weights"].items():
+        assert len(views) == 3 and all(torch.equal(a, b) for a, b in zip(views, seen[name]))
 
 
 def test_time_input_survives_deepcopy_and_cannot_be_attached_twice():
