@@ -14,29 +14,35 @@ import torch
 from helpers import TINY, cli_env, run_cli
 
 from anodev2 import ODEBlock
-from anodev2.evolution import build_evolution
 from anodev2.training.run_files import load_checkpoint
 from experiments import evolution_capability, recover_evolution
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-IDENTIFIABLE = ("diffusion", "advection", "reaction")  # coefficients determined by the teacher's outputs
+IDENTIFIABLE = ("diffusion", "advection", "reaction", "rda")  # coefficients determined by the teacher's outputs
+#: rda has 13 coefficients per output channel (4 speeds + 9 reaction entries); at QUICK (C = 2: two
+#: 3x3 input slices per output channel, 300 steps) the data leave it under-determined (max rel err
+#: 1.48, θ(t) err 9.6e-2). With 3 channels and 1000 steps seed 0 passes (max rel err 2.9e-2, θ(t)
+#: err 2.6e-3; 6 s of CPU). The default Setting passes for seeds 0-2 (docs/EVOLUTION.md).
+SETTINGS = {"rda": dataclasses.replace(recover_evolution.QUICK, channels=3, adam_steps=1000)}
 
 
 @pytest.mark.parametrize("kind", recover_evolution.KINDS)
 def test_recovery_with_adam_alone(kind):
     """Plain Adam from the zero initial coefficients (no sign search, no second-order step) makes
     the student's weight trajectory θ(t) match the teacher's for every ODE kind, and recovers every
-    coefficient for the kinds whose coefficients the outputs determine. rda and generator do not
-    pass the coefficient criterion at this scale: rda has a first-order null direction
-    (test_rda_has_a_first_order_null_direction), and a generator's 81 coefficients per output
-    channel act on only 2 input slices here (not identifiable from the data)."""
+    coefficient for the kinds whose coefficients the outputs determine -- rda included (it has no
+    separate diffusion coefficient: test_rda_is_about_as_well_conditioned_as_its_single_terms). A
+    generator's 81 coefficients per output channel act on only 2 input slices here (not
+    identifiable from the data): it must fail the coefficient criterion."""
     torch.set_num_threads(1)
-    r = recover_evolution.recover(kind, recover_evolution.QUICK)
+    r = recover_evolution.recover(kind, SETTINGS.get(kind, recover_evolution.QUICK))
     assert r.trajectory_error < 0.05, r
     if kind in IDENTIFIABLE:
-        assert r.passed and r.max_abs_error < recover_evolution.ABS_TOL, r
+        assert r.passed, r
+        if kind != "rda":  # rda passes by the 5 % relative criterion (max abs err 8.8e-3)
+            assert r.max_abs_error < recover_evolution.ABS_TOL, r
     else:  # when this starts passing, the operator became identifiable: move the kind to IDENTIFIABLE
         assert not r.passed, r
 
@@ -48,27 +54,18 @@ def test_recovery_starts_from_zero_and_the_criterion_can_fail():
     assert not r.passed and r.max_rel_error == 1.0 and r.steps == 0
 
 
-def test_rda_has_a_first_order_null_direction():
-    """With outflow walls the Neumann Laplacian is ΣU_dir + diag(walls), so (D + δ, speeds − δ,
-    reaction − δ·walls) changes q only at O(w³) (r ⊙ tanh w ≈ r ⊙ w): why rda's coefficients are
-    not recovered. A random direction of the same size changes q at first order."""
-    torch.manual_seed(0)
-    evo = build_evolution("rda", {"w": (3, 2, 3, 3)}).double()
-    w = 1e-2 * torch.randn(3, 2, 3, 3, dtype=torch.float64)
-    base = {k: 0.5 * v + 0.05 for k, v in evo.coefficients().items()}  # inside every bound
-    evo.set_coefficients(base)
-    q0 = evo(torch.tensor(0.0), (w,))[0]
-    walls = torch.tensor([[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 2.0]], dtype=torch.float64)
-    d = 0.01
-    null = {k: v + (d if k.endswith("diffusion") else -d * walls if k.endswith("reaction") else -d)
-            for k, v in base.items()}
-    evo.set_coefficients(null)
-    change_null = (evo(torch.tensor(0.0), (w,))[0] - q0).norm() / q0.norm()
-    gen = torch.Generator().manual_seed(1)
-    other = {k: v + d * torch.sign(torch.randn(v.shape, generator=gen, dtype=torch.float64)) for k, v in base.items()}
-    evo.set_coefficients(other)
-    change_other = (evo(torch.tensor(0.0), (w,))[0] - q0).norm() / q0.norm()
-    assert change_null < 1e-4 * change_other and change_other > 1e-2
+def test_rda_is_about_as_well_conditioned_as_its_single_terms():
+    """The Jacobian of a teacher block's outputs w.r.t. rda's coefficients (recover_evolution's
+    --conditioning code, rda's recovery setting) is conditioned within a small factor of the worst
+    single-term kind: rda has no near-null direction (the former separate diffusion coefficient D
+    gave one per output channel, L = ΣU_dir + diag(walls); tests/engine/test_evolution.py proves the
+    operator's identifiability). Measured: diffusion 2.7, advection 6.7, reaction 26.5, rda 64.9."""
+    torch.set_num_threads(1)
+    cond = {}
+    for kind in ("diffusion", "advection", "reaction", "rda"):
+        sv = recover_evolution.conditioning(kind, SETTINGS["rda"])
+        cond[kind] = (sv[0] / sv[-1]).item()
+    assert cond["rda"] < 4 * max(cond[k] for k in ("diffusion", "advection", "reaction")), cond
 
 
 TASK = evolution_capability.QUICK
@@ -118,7 +115,7 @@ def test_capability_parameter_counts():
     weights = h * c * 9 + c * h * 9  # the two conv weights (every conv weight of f evolves)
     static = weights + h + c + 2 * h  # + conv biases + GroupNorm affine
     outs = h + c  # output channels of the two targets
-    expected = {"anode": static, "rda": static + outs * (1 + 4 + 9), "generator": static + outs * (36 + 36 + 9),
+    expected = {"anode": static, "rda": static + outs * (4 + 9), "generator": static + outs * (36 + 36 + 9),
                 "linear": static + weights, "linear_conv1": static + h * c * 9, "galerkin": static + 2 * weights,
                 "untied": static + 2 * weights,
                 "time_input": static + (h + c) * 9}
@@ -171,7 +168,7 @@ def test_family_params_closed_forms(capsys):
 
     c, cells, outs = 4, 9, 2 * 4  # channels, kernel cells, output channels of the two targets
     weights = 2 * c * c * cells
-    expected = {"diffusion": outs, "advection": 4 * outs, "reaction": cells * outs, "rda": (1 + 4 + cells) * outs,
+    expected = {"diffusion": outs, "advection": 4 * outs, "reaction": cells * outs, "rda": (4 + cells) * outs,
                 "generator": (36 + 36 + 9) * outs, "linear": weights, "galerkin": 2 * weights, "untied": 2 * weights,
                 "time_input": outs * cells}
     (row,) = family_params.family_table(["resnet4"], 0.25)
@@ -196,7 +193,7 @@ def test_report_on_a_tiny_trained_run(tiny_run, tmp_path):
     (rec,) = json.loads((tmp_path / "evolution_report.json").read_text())
     assert 0 <= rec["test_acc"] <= 1 and 0 <= rec["test_acc_evolution_off"] <= 1
     block = next(iter(rec["coefficients"]))
-    rda_terms = {"diffusion", "advection_right", "advection_left", "advection_down", "advection_up", "reaction"}
+    rda_terms = {"advection_right", "advection_left", "advection_down", "advection_up", "reaction"}
     assert set(rec["coefficients"][block]) == rda_terms
     for term, init in rec["coefficients_init"][block].items():  # zero init; training moved every term
         assert init["min"] == init["max"] == 0.0, term
@@ -214,7 +211,7 @@ def test_report_on_a_tiny_trained_run(tiny_run, tmp_path):
     assert terms == rda_terms | {"drift"}
     assert all([e for e, _ in points] == [1, 2] for points in history.values())
     assert all(points[-1][1] > 0 for points in history.values())  # every term moved from 0
-    # by epoch 1 already: diffusion, the signed reaction and the drift of every weight (a one-sided
+    # by epoch 1 already: the signed reaction and the drift of every weight (a one-sided
     # advection speed can sit at its bound 0 while its gradient points below it: then the opposite
     # direction's speed is the one that moves)
     assert all(points[0][1] > 0 for key, points in history.items() if "/advection_" not in key)
