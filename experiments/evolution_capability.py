@@ -339,12 +339,20 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes, 1 seed (seconds; the tests' setting)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="also write every fit, the references and the summary to this file")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="print the summary of earlier --json files (no fits)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="print the summary of earlier --json files (no fits); a family's fit on a seed in a "
+                        "later file replaces the one of an earlier file (e.g. one family re-run)")
     args = p.parse_args(argv)
     if args.merge:
         runs = [json.load(open(path)) for path in args.merge]
         order = list(FAMILIES)
-        fits = sorted((Fit(**f) for run in runs for f in run["fits"]),
+        latest: dict[tuple[str, int], Fit] = {}
+        for path, run in zip(args.merge, runs):
+            for f in run["fits"]:
+                if (f["family"], f["seed"]) in latest:
+                    print(f"{f['family']} seed {f['seed']}: the fit of {path} replaces an earlier file's")
+                latest[(f["family"], f["seed"])] = Fit(**f)
+        fits = sorted(latest.values(),
                       key=lambda f: (order.index(f.family) if f.family in order else len(order), f.seed))
         refs = {seed: ref for run in runs for seed, ref in run["references"].items()}
         for seed, ref in sorted(refs.items(), key=lambda item: int(item[0])):

@@ -159,6 +159,15 @@ def test_capability_quick_run(tmp_path, capsys):
     table = [line for line in first.splitlines() if line.startswith("| ")]
     assert ec.main(["--merge", str(tmp_path / "cap.json")]) == 0  # the summary again, from the file alone
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")] == table
+    # a later file's fit of the same family and seed replaces the earlier one (one family re-run)
+    rerun = {**out, "fits": [{**fits["rda"], "test": 1.0}]}
+    (tmp_path / "rda.json").write_text(json.dumps(rerun))
+    assert ec.main(["--merge", str(tmp_path / "cap.json"), str(tmp_path / "rda.json")]) == 0
+    merged = capsys.readouterr().out
+    assert f"rda seed 0: the fit of {tmp_path / 'rda.json'} replaces an earlier file's" in merged
+    (rda_row,) = [line for line in merged.splitlines() if line.startswith("| rda |")]
+    assert "| 1.00e+00 | 1.00e+00 | 1.00e+00 |" in rda_row
+    assert len([line for line in merged.splitlines() if line.startswith("| ")]) == len(table)  # one row per family
 
 
 def test_family_params_closed_forms(capsys):
