@@ -9,8 +9,14 @@ for a network whose ODE blocks have an evolution-off switch, the predicted class
 evolution switched off (``pred_off``; what "off" means is the family's ``off_meaning``, e.g.
 θ(t) = θ0, or t frozen at t0). Also stored: the accuracy the trainer logged for the final epoch
 (``trainer_test_acc``) so the two can be checked to agree, the number of parameters, and the
-off meanings. ``families.py`` runs this after every training run of its grid (McNemar's test
-and the evolution-off accuracy come from these files).
+off meanings. For a network with BatchNorm, ``pred_batch_stats`` are the predictions with every
+BatchNorm normalising by the test batch's own statistics instead of its running averages: a
+diagnostic of the running statistics, which an ODE block shares across every time t although
+time-varying weights change the activations' statistics with t (a large gap between ``pred`` and
+``pred_batch_stats`` accuracy means the running averages do not fit any single t; the batch
+statistics depend on the batch composition, so this is a diagnostic, not a result).
+``families.py`` runs this after every training run of its grid (McNemar's test and the
+evolution-off accuracy come from these files).
 """
 from __future__ import annotations
 
@@ -41,6 +47,23 @@ def evolution_off(model: torch.nn.Module) -> Iterator[list[str]]:
         yield sorted({evo.off_meaning for evo in evos})
 
 
+@contextlib.contextmanager
+def batch_statistics(model: torch.nn.Module) -> Iterator[int]:
+    """Within the context every BatchNorm of ``model`` (in eval mode) normalises by the batch's
+    own statistics and leaves its running averages untouched; yields how many there are."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.running_mean, m.running_var) for m in norms]
+    for m in norms:
+        m.train()
+        m.running_mean = m.running_var = None  # F.batch_norm then uses (and updates) nothing else
+    try:
+        yield len(norms)
+    finally:
+        for m, (training, mean, var) in zip(norms, saved):
+            m.running_mean, m.running_var = mean, var
+            m.train(training)
+
+
 @torch.no_grad()
 def _predict(model: torch.nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
     labels, preds = [], []
@@ -68,6 +91,9 @@ def predict(run_dir: Path) -> dict:
         if meanings:
             _, out["pred_off"] = _predict(model, loader)
             out["off_meaning"] = " / ".join(meanings)
+    with batch_statistics(model) as n_norms:
+        if n_norms:
+            _, out["pred_batch_stats"] = _predict(model, loader)
     hist = read_metrics(run_dir)
     last = hist[-1] if hist else {}
     out["trainer_test_acc"] = last.get("test_acc") if last.get("test_acc") is not None else float("nan")
@@ -97,6 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.replace(tmp, args.run_dir / FILE)
     acc = float((rec["pred"] == rec["labels"]).mean())
     off = "" if "pred_off" not in rec else f", evolution off {float((rec['pred_off'] == rec['labels']).mean()):.4f}"
+    if "pred_batch_stats" in rec:
+        off += f", BatchNorm with batch statistics {float((rec['pred_batch_stats'] == rec['labels']).mean()):.4f}"
     print(json.dumps({"run": str(args.run_dir), "test_acc": acc, "trainer_test_acc": rec["trainer_test_acc"]})
           + f"  # test acc {acc:.4f}{off}")
     return 0

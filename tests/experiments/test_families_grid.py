@@ -153,6 +153,22 @@ def test_summary_statistics_by_hand(tmp_path):
     assert len(rows) == 9 and all(r["agrees_with_trainer"] == "True" for r in rows)
 
 
+def test_batch_statistics_normalise_by_the_batch_and_keep_the_running_averages():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.GroupNorm(1, 3))
+    net[1].running_mean.fill_(5.0)
+    net.eval()
+    x = torch.randn(4, 2, 6, 6)
+    z = net[0](x)
+    by_batch = (z - z.mean((0, 2, 3), keepdim=True)) / (z.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    with predictions.batch_statistics(net) as n:
+        got = net(x)
+    assert n == 1
+    torch.testing.assert_close(got, net[2](by_batch * net[1].weight.view(1, -1, 1, 1) + net[1].bias.view(1, -1, 1, 1)))
+    assert not net.training and not net[1].training and torch.equal(net[1].running_mean, torch.full((3,), 5.0))
+    assert not torch.allclose(net(x), got)  # eval mode again: the running averages are used
+
+
 def test_mcnemar_refuses_different_test_sets(tmp_path):
     grid = families.FamilyGrid(base="smoke", common=(), model="resnet4", seeds=(0,), families=("anode", "rda"))
     _fake_run(tmp_path, "resnet4-anode-s0", np.arange(40) % 10, np.arange(40) < 20)
@@ -175,6 +191,7 @@ def test_quick_grid_end_to_end_skip_and_resume(tmp_path, capsys):
         # the re-evaluation of last.pt is the trainer's final evaluation, example for example
         assert int((pred["pred"] == pred["labels"]).sum()) == round(hist[-1]["test_acc"] * 32)
         assert pred["labels"].shape == (32,) and ("pred_off" in pred) == (name == "resnet4-rda-s0")
+        assert "pred_batch_stats" not in pred  # the grid's GroupNorm keeps no running statistics
         assert list(d.glob("events.out.tfevents.*"))  # one TensorBoard run per family under OUT
     rows = {row["run"]: row for row in __import__("csv").DictReader(open(out / "runs.csv"))}
     assert all(row["agrees_with_trainer"] == "True" for row in rows.values())
