@@ -26,6 +26,7 @@ from .evolution import EVOLUTION_KINDS, EVOLUTIONS, WeightEvolution, build_evolu
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
 from .solvers import ButcherTableau, Method, get_tableau
 from .stats import SolveStats
+from .time_norm import attach_time_norms, time_grid
 
 
 def conv_weight_names(f: nn.Module) -> list[str]:
@@ -177,6 +178,19 @@ def _takes_time(f: nn.Module) -> bool:
     return len(required) == 2
 
 
+@contextlib.contextmanager
+def _at_time(layers, t) -> Iterator[None]:
+    """Tell per-time normalisation layers (``TimeBatchNorm2d``) the time of this evaluation of f."""
+    time = float(t)
+    for m in layers:
+        m.current_time = time
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.current_time = None
+
+
 class CoupledField(nn.Module):
     """The vector field an ODEBlock integrates, by the evolution's ``style``:
 
@@ -206,7 +220,17 @@ class CoupledField(nn.Module):
         if self.recording is not None:
             self.recording.append((t.detach(), tuple(w.detach() for w in thetas)))
 
+    #: the ``TimeBatchNorm2d`` layers of f (norm="batch_t"), told the time of every evaluation;
+    #: empty (no overhead) when f has none. Set by ODEBlock.
+    time_norms: tuple = ()
+
     def forward(self, t: Tensor, state, piece: Optional[int] = None):
+        if not self.time_norms:
+            return self._forward(t, state, piece)
+        with _at_time(self.time_norms, t):
+            return self._forward(t, state, piece)
+
+    def _forward(self, t: Tensor, state, piece: Optional[int] = None):
         if self.style == "explicit":
             base = tuple(self.f.get_parameter(n) for n in self.scheduled)
             thetas = self.evolution.weights_at_time(t, base, piece)
@@ -249,6 +273,12 @@ class _OffField(nn.Module):
         self.field = field
 
     def forward(self, t: Tensor, z):
+        if not self.field.time_norms:
+            return self._forward(t, z)
+        with _at_time(self.field.time_norms, t):
+            return self._forward(t, z)
+
+    def _forward(self, t: Tensor, z):
         field = self.field
         f, evo = field.f, field.evolution
         args = (t, z) if field.time_input else (z,)
@@ -321,6 +351,8 @@ class ODEBlock(nn.Module):
         object.__setattr__(self, "field", CoupledField(f, evo, _takes_time(f) if time_input is None else bool(time_input)))
         self.steps = int(steps)
         self.t0, self.t1 = float(t0), float(t1)
+        # norm="batch_t": one slot of running statistics per time of the fixed grid (stage and step times)
+        self.field.time_norms = attach_time_norms(f, time_grid(self.t0, self.t1, self.steps, self.tableau.c))
         self.record_weights = record_weights
         self.last_stats = SolveStats()
         self._trajectory: list[tuple[Tensor, ...]] = []

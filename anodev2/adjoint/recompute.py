@@ -1,7 +1,7 @@
 """Make re-evaluation of the vector field during backward side-effect free.
 
 Recomputation must give the forward pass's values exactly and must not change state:
-BatchNorm running statistics are not updated a second time (:func:`frozen_norm_statistics`),
+BatchNorm running statistics (per-time slots of ``TimeBatchNorm2d`` included) are not updated a second time (:func:`frozen_norm_statistics`),
 dropout masks are re-drawn from the RNG state the forward step saw (:class:`RngLog`), and
 the forward pass's autocast (AMP) state is re-entered (:func:`autocast_replay`).
 """
@@ -29,14 +29,16 @@ def frozen_norm_statistics(module: Optional[nn.Module]) -> Iterator[None]:
     if module is not None:
         for m in module.modules():
             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
-                saved.append((m, [m._buffers.get(b) for b in _STAT_BUFFERS]))
-                for b in _STAT_BUFFERS:
+                # per-time layers (anodev2.time_norm.TimeBatchNorm2d) name their slot buffers too
+                names = m.stat_buffer_names() if hasattr(m, "stat_buffer_names") else _STAT_BUFFERS
+                saved.append((m, {b: m._buffers.get(b) for b in names}))
+                for b in names:
                     m._buffers[b] = None
     try:
         yield
     finally:
         for m, values in saved:
-            for b, v in zip(_STAT_BUFFERS, values):
+            for b, v in values.items():
                 m._buffers[b] = v
 
 

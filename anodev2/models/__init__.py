@@ -52,7 +52,7 @@ section and resolved once, by the engine's registries:
 
 The flat spellings of earlier versions (``checkpoints=``, ``keep_forward=``,
 ``evolution_targets=``) are a ValueError naming the new one. ``width`` (channel multiplier, for
-tiny test networks) and ``norm`` ("batch" | "group") apply to every network.
+tiny test networks) and ``norm`` ("batch" | "group" | "batch_t") apply to every network.
 
 Normalisation: BatchNorm by default, one BatchNorm per layer of ``f`` shared across all time
 steps (and RK stages) of the block, as in ANODE and ANODEV2, so results are comparable with
@@ -65,6 +65,10 @@ backprop. Caveat: the running statistics average over time steps, so in eval mod
 spread of z(t) over the block. ``norm="group"`` (GroupNorm, ``gcd(C, 8)`` groups) has no
 running statistics, is identical in train and eval and independent of the batch, and is
 the choice when the time-consistency of ``f`` matters more than matching the papers.
+``norm="batch_t"`` (:class:`anodev2.time_norm.TimeBatchNorm2d`) is BatchNorm with one set of
+running statistics per evaluation time of the block (a slot per stage / step time of its fixed
+grid): identical to ``"batch"`` in training, in eval mode each t uses its own slot; outside
+ODE blocks (stem, shortcuts, baseline) it is exactly BatchNorm2d.
 
 Inspection: ``ode_blocks(model)`` -> ``[(path, ODEBlock)]``; ``describe(model)`` -> one dict per
 ODE block; ``format_description(model)`` -> text; ``param_counts(model)`` -> parameter counts.
@@ -130,7 +134,7 @@ def build(name: str, variant: str, num_classes: int = 10, in_channels: int = 3, 
         num_classes, in_channels: ints >= 1.
         **options: ``steps``, ``method`` (name or ``ButcherTableau``), ``grad`` (name, object
             or mapping), ``evolution`` (kind name or mapping) (ODE variants only; see the module
-            docstring), ``width`` (channel multiplier, default 1.0), ``norm`` ("batch" or "group").
+            docstring), ``width`` (channel multiplier, default 1.0), ``norm`` ("batch", "group" or "batch_t").
 
     Raises:
         ValueError: unknown name, variant or option, an option that makes no sense for the

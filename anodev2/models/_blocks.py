@@ -35,6 +35,7 @@ from torch import nn
 from ..adjoint import get_grad_mode
 from ..block import ODEBlock, resolve_evolution
 from ..evolution import EVOLUTIONS
+from ..time_norm import TimeBatchNorm2d
 
 __all__ = [
     "VARIANTS",
@@ -62,7 +63,9 @@ MOVED_OPTIONS: dict[str, str] = {
 }
 #: keyword options understood by every network.
 COMMON_OPTIONS: tuple[str, ...] = ("width", "norm")
-NORMS: tuple[str, ...] = ("batch", "group")
+#: "batch_t": BatchNorm with running statistics per evaluation time inside ODE blocks
+#: (:class:`anodev2.time_norm.TimeBatchNorm2d`; exactly BatchNorm2d everywhere else).
+NORMS: tuple[str, ...] = ("batch", "group", "batch_t")
 
 _ODE_BASE: dict[str, Any] = {"steps": 3, "method": "euler", "evolution": None}
 VARIANT_DEFAULTS: dict[str, Optional[dict[str, Any]]] = {
@@ -102,7 +105,7 @@ class BlockSpec:
             the resolved gradient-mode object, ``evolution`` None or the resolved mapping
             ``{"kind": ..., **options}``.
         width: channel multiplier (> 0).
-        norm: "batch" (default) or "group" (see ``anodev2.models`` docstring, "Normalisation").
+        norm: "batch" (default), "group" or "batch_t" (see ``anodev2.models`` docstring, "Normalisation").
         spatial_targets: evolve only :func:`spatial_conv_weights` of each f (the default
             whenever an evolution is set without ``targets``).
     """
@@ -121,6 +124,10 @@ class BlockSpec:
         """A 2-D normalisation layer over ``channels`` (``[B, C, H, W]`` in and out)."""
         if self.norm == "batch":
             return nn.BatchNorm2d(channels)
+        if self.norm == "batch_t":
+            # every layer is a TimeBatchNorm2d; only those inside an ODE block's f get time slots
+            # (the block attaches them), the rest (stem, shortcuts, baseline) are plain BatchNorm2d
+            return TimeBatchNorm2d(channels)
         return nn.GroupNorm(_group_count(channels), channels)
 
     def residual(self, f: nn.Module) -> nn.Module:

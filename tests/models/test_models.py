@@ -259,7 +259,7 @@ def test_options_override_variant_defaults():
         (("resnet4", "neuralode"), {"checkpoints": 2}, r"option checkpoints=2 has moved: write grad="),
         (("resnet4", "neuralode"), {"grad": {"checkpoints": 2}}, r"grad.checkpoints is not an option of grad mode "
                                                                  r"'backsolve'"),
-        (("resnet4", "anode"), {"norm": "layer"}, r"norm must be one of \('batch', 'group'\)"),
+        (("resnet4", "anode"), {"norm": "layer"}, r"norm must be one of \('batch', 'group', 'batch_t'\)"),
         (("resnet4", "anode"), {"width": 0}, "width must be a positive"),
         (("resnet4", "anode"), {"method": "rk45"}, "rk45"),
         (("resnet4", "anode"), {"grad": "adjoint"}, "adjoint"),
