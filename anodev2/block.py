@@ -34,15 +34,10 @@ def conv_weight_names(f: nn.Module) -> list[str]:
     return [f"{name}.weight" if name else "weight" for name, m in f.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args):
-    """``f(*args)`` with the parameters ``names`` of ``f`` replaced by the tensors ``thetas``:
-    ``torch.func.functional_call(f, dict(zip(names, thetas)), args, strict=False)`` for the common
-    case at a fraction of its cost (it runs at every f-evaluation of an evolving block): each
-    target is swapped in its module's ``_parameters`` and put back afterwards, even on error.
-    Targets that are tied to another name (one Parameter under two names) or not plain entries of
-    ``_parameters`` (a parametrization) go through ``functional_call`` itself."""
-    if torch.compiler.is_compiling():  # dynamo traces functional_call; not a swap of _parameters
-        return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+def _weight_slots(f: nn.Module, names: tuple[str, ...]) -> Optional[list[tuple[dict, str]]]:
+    """Where each target of ``names`` lives in ``f``: ``(its module's _parameters, key)``; None when
+    one is tied to another name (one Parameter under two names) or not a plain entry of
+    ``_parameters`` (a parametrization): those go through ``functional_call``."""
     slots = []
     for name in names:
         module, _, attr = name.rpartition(".")
@@ -50,13 +45,31 @@ def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args):
         for part in module.split(".") if module else ():
             m = m._modules.get(part)
             if m is None:
-                return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+                return None
         if attr not in m._parameters or m._parameters[attr] is None:
-            return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+            return None
         slots.append((m._parameters, attr))
-    old = tuple(d[a] for d, a in slots)
-    if _has_ties(f, names, old):
+    if _has_ties(f, names, tuple(d[a] for d, a in slots)):
+        return None
+    return slots
+
+
+_RESOLVE = object()  # _call_with_weights: find the slots at this call
+
+
+def _call_with_weights(f: nn.Module, names: tuple[str, ...], thetas, args, slots=_RESOLVE):
+    """``f(*args)`` with the parameters ``names`` of ``f`` replaced by the tensors ``thetas``:
+    ``torch.func.functional_call(f, dict(zip(names, thetas)), args, strict=False)`` for the common
+    case at a fraction of its cost (it runs at every f-evaluation of an evolving block): each
+    target is swapped in its module's ``_parameters`` and put back afterwards, even on error.
+    ``slots``: :func:`_weight_slots` of ``(f, names)`` found once per solve (default: found here)."""
+    if torch.compiler.is_compiling():  # dynamo traces functional_call; not a swap of _parameters
         return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+    if slots is _RESOLVE:
+        slots = _weight_slots(f, names)
+    if slots is None:
+        return functional_call(f, dict(zip(names, thetas)), args, strict=False)
+    old = [d[a] for d, a in slots]
     try:
         for (d, a), theta in zip(slots, thetas):
             d[a] = theta
@@ -224,13 +237,13 @@ class CoupledField(nn.Module):
     #: empty (no overhead) when f has none. Set by ODEBlock.
     time_norms: tuple = ()
 
-    def forward(self, t: Tensor, state, piece: Optional[int] = None):
+    def forward(self, t: Tensor, state, piece: Optional[int] = None, solve: Optional["_Prepared"] = None):
         if not self.time_norms:
-            return self._forward(t, state, piece)
+            return self._forward(t, state, piece, solve)
         with _at_time(self.time_norms, t):
-            return self._forward(t, state, piece)
+            return self._forward(t, state, piece, solve)
 
-    def _forward(self, t: Tensor, state, piece: Optional[int] = None):
+    def _forward(self, t: Tensor, state, piece: Optional[int] = None, solve: Optional["_Prepared"] = None):
         if self.style == "explicit":
             base = tuple(self.f.get_parameter(n) for n in self.scheduled)
             thetas = self.evolution.weights_at_time(t, base, piece)
@@ -247,8 +260,28 @@ class CoupledField(nn.Module):
         z, thetas = state[0], tuple(state[1:])
         self._record(t, thetas)
         args = (t, z) if self.time_input else (z,)
-        dz = _call_with_weights(self.f, self.names, thetas, args)
-        return (dz, *self.evolution(t, thetas))
+        if solve is None:
+            return (_call_with_weights(self.f, self.names, thetas, args), *self.evolution(t, thetas))
+        dz = _call_with_weights(self.f, self.names, thetas, args, solve.slots)
+        return (dz, *self.evolution.rates_prepared(thetas, solve.tensors))
+
+
+class _Prepared(nn.Module):
+    """``field`` (ode style) for one solve, with the work that does not change during the solve
+    done once: the evolution's coefficient-only part of q (``tensors``, from
+    ``WeightEvolution.prepare``; they stand for the evolution's parameters in the solve, so the
+    adjoint returns their gradient and autograd carries it to the coefficients) and where f's
+    targets live (``slots``). A new object per solve: a backward run later re-evaluates exactly
+    the tensors its forward used, whatever other forwards ran in between."""
+
+    def __init__(self, field: CoupledField, tensors: tuple[Tensor, ...]) -> None:
+        super().__init__()
+        self.field = field
+        self.tensors = tensors
+        self.slots = _weight_slots(field.f, field.names)
+
+    def forward(self, t: Tensor, state):
+        return self.field(t, state, solve=self)
 
 
 class _PieceField(nn.Module):
@@ -414,33 +447,35 @@ class ODEBlock(nn.Module):
         return () if isinstance(self.grad_mode, Backprop) else self._static_params()
 
     def _static_params(self) -> list[Tensor]:
-        names = set(self.field.names)
-        own = [p for n, p in self.f.named_parameters() if n not in names]
         evo = list(self.evolution.parameters()) if self.field.style != "static" else []
-        return own + evo
+        return self._f_params() + evo
+
+    def _f_params(self) -> list[Tensor]:
+        """f's parameters that are not integrated (the evolving θ are part of the state)."""
+        names = set(self.field.names)
+        return [p for n, p in self.f.named_parameters() if n not in names]
 
     # --- forward ---------------------------------------------------------------------
     def forward(self, z: Tensor) -> Tensor:
         if self.field.style != "static" and not self.evolution.enabled:
             return self._forward_off(z)
-        names = self.field.names
+        names, field = self.field.names, self.field
         record = self.record_weights and bool(names)
-        self._trajectory = []
-        callback = (lambda n, y: self._trajectory.append(tuple(w.detach() for w in y[1:]))) if record else None
-        if names:
-            params = dict(self.f.named_parameters())
-            y0 = (z, *(params[n] for n in names))
-        else:
-            y0 = z
-        self.field.recording = [] if self.record_weights and self.field.evolving else None
+        # plain attributes, written through __dict__ (nn.Module.__setattr__ costs microseconds per write)
+        trajectory: list = []
+        self.__dict__["_trajectory"] = trajectory
+        callback = (lambda n, y: trajectory.append(tuple(w.detach() for w in y[1:]))) if record else None
+        y0 = (z, *(self.f.get_parameter(n) for n in names)) if names else z
+        field.__dict__["recording"] = [] if self.record_weights and field.evolving else None
         try:
-            pieces = self.evolution.pieces if self.field.style == "explicit" else None
+            pieces = self.evolution.pieces if field.style == "explicit" else None
             if pieces is not None and pieces > 1:
                 out = self._solve_pieces(y0, pieces)
             else:
                 out = self._solve(y0, callback)
         finally:
-            self._evaluations, self.field.recording = self.field.recording or [], None
+            self.__dict__["_evaluations"] = field.recording or []
+            field.__dict__["recording"] = None
         return out[0] if names else out
 
     def _solve(self, y0, callback):
@@ -454,11 +489,18 @@ class ODEBlock(nn.Module):
                 return self._odeint(self.field, y0, callback)
             return _solve_outside_dynamo(self, y0, callback)
         compiled = self.__dict__.get("_compiled_field")
-        return self._odeint(self.field if compiled is None else compiled, y0, callback)
+        if compiled is not None:
+            return self._odeint(compiled, y0, callback)
+        tensors = self.evolution.prepare(y0[1].dtype) if self.field.names else None
+        if tensors is None:
+            return self._odeint(self.field, y0, callback)
+        params = () if isinstance(self.grad_mode, Backprop) else (*self._f_params(), *tensors)
+        return self._odeint(_Prepared(self.field, tensors), y0, callback, params)
 
-    def _odeint(self, func, y0, callback):
+    def _odeint(self, func, y0, callback, params=None):
         return odeint(func, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,
-                      params=self._solve_params(), stats=self.last_stats, callback=callback)
+                      params=self._solve_params() if params is None else params, stats=self.last_stats,
+                      callback=callback)
 
     def compile_field(self, **options) -> "ODEBlock":
         """Compile the block's vector field with ``torch.compile(field, **options)`` (the joint field

@@ -96,6 +96,60 @@ def hand_rk4(f: nn.Module, z: torch.Tensor, steps: int) -> torch.Tensor:
 HAND = {"euler": hand_euler, "rk4": hand_rk4}
 
 
+def hand_tuple(method: str, field: Callable, y: tuple, steps: int) -> tuple:
+    """The method's steps over a tuple state written out by hand (the floor rows of evolving blocks)."""
+    h = 1.0 / steps
+    for _ in range(steps):
+        if method == "euler":
+            y = tuple(a + h * k for a, k in zip(y, field(y)))
+            continue
+        k1 = field(y)
+        k2 = field(tuple(a + (h / 2) * k for a, k in zip(y, k1)))
+        k3 = field(tuple(a + (h / 2) * k for a, k in zip(y, k2)))
+        k4 = field(tuple(a + h * k for a, k in zip(y, k3)))
+        y = tuple(a + (h / 6) * (p + 2 * q + 2 * r + s) for a, p, q, r, s in zip(y, k1, k2, k3, k4))
+    return y
+
+
+def hand_fields(f: nn.Module) -> tuple[Callable, Callable, list]:
+    """``(static, rda, extra params)``: f = conv -> tanh -> conv written with ``F.conv2d`` on a
+    state ``(z,)``, and the same f on the coupled state ``(z, θ1, θ2)`` with the rda evolution
+    written in the fewest operations (per evaluation: one cat, one bmm, one tanh, one addcmul, one
+    split; the four upwind speeds and the per-entry reaction folded into per-channel operators once
+    per training step, outside the solve). Their time ratio is the floor of an evolving block in
+    this regime: what the coupled weight ODE costs however the library is written."""
+    from torch.nn import functional as F_
+    from anodev2.evolution.operators import stencil_matrices
+
+    c1, c2 = f[0], f[2]
+    o, i, kh, kw = c1.weight.shape
+    cells = kh * kw
+    g = torch.Generator().manual_seed(3)
+    speeds = nn.Parameter(0.05 * torch.rand(2 * o, 4, generator=g))
+    react = nn.Parameter(0.1 * torch.randn(2 * o, 1, cells, generator=g))
+    basis = stencil_matrices(kh, kw)[1:5].float().transpose(1, 2).reshape(4, cells * cells)
+    folded: dict = {}
+
+    def dz(z, w1, w2):
+        return F_.conv2d(torch.tanh(F_.conv2d(z, w1, c1.bias, padding=1)), w2, c2.bias, padding=1)
+
+    def static(y):
+        return (dz(y[0], c1.weight, c2.weight),)
+
+    def rda(y):
+        z, w1, w2 = y
+        w = torch.cat([w1.reshape(o, i, cells), w2.reshape(o, i, cells)])
+        q = torch.addcmul(torch.bmm(w, folded["ops"]), react, torch.tanh(w))
+        q1, q2 = q.split(o)
+        return dz(z, w1, w2), q1.view_as(w1), q2.view_as(w2)
+
+    def fold():  # once per training step
+        folded["ops"] = (speeds @ basis).view(-1, cells, cells)
+
+    rda.fold = fold
+    return static, rda, [speeds, react]
+
+
 def _one_step(method: str, f: nn.Module, z: torch.Tensor, h: float) -> torch.Tensor:
     if method == "euler":
         return z + h * f(z)
@@ -225,6 +279,16 @@ def build_rows(method: str, steps: int, kinds, modes, x: torch.Tensor, with_tdq:
                 lambda z, fo=fo, mode=mode: anodev2.odeint(lambda t, y: fo(y), z, steps=steps, method=method,
                                                            grad=MODES[mode](), params=list(fo.parameters())),
                 x, list(fo.parameters()))))
+    if any(k != "none" for k in kinds):
+        fh = make_f(x.shape[1])
+        static, rda, extra = hand_fields(fh)
+        rows.append(Row("hand static, F.conv2d", "hand-func", "-", _train_step(
+            lambda z: hand_tuple(method, static, (z,), steps)[0], x, list(fh.parameters()))))
+
+        def coupled(z, fh=fh, rda=rda):
+            rda.fold()
+            return hand_tuple(method, rda, (z, fh[0].weight, fh[2].weight), steps)[0]
+        rows.append(Row("hand rda (floor)", "hand-rda", "-", _train_step(coupled, x, list(fh.parameters()) + extra)))
     rows.append(Row("hand forward (F)", "hand-fwd", "-", fwd_only))
     rows.append(Row("hand forward no-grad (F0)", "hand-nograd", "-", fwd_nograd))
     for kind in kinds:
@@ -286,19 +350,25 @@ def report(method: str, steps: int, rows: list[Row], writer, clock: str) -> None
     ref = get(hand)
     fl = floors(rows, steps, clock)
     static = {r.mode: get(r) for r in rows if r.kind == "none"}
+    by_kind = {r.kind: r for r in rows}
+    evo_floor = (get(by_kind["hand-rda"]) / get(by_kind["hand-func"])
+                 if "hand-rda" in by_kind and "hand-func" in by_kind else None)
     print(f"\n== {method}, Nt = {steps} ({evals} f-evals/forward), {clock} time; hand loop "
           f"{ref * 1e6 / evals:.1f} us/eval; F = {fl['F'] * 1e6:.0f} us, B = {fl['B'] * 1e6:.0f} us, "
           f"F0 = {fl['F0'] * 1e6:.0f} us")
     print(f"   floors: checkpoint (3F+B)/(F+B) = {fl['checkpoint']:.2f} (exact {fl['checkpoint_exact']:.2f}), "
-          f"keep_forward (2F+B)/(F+B) = {fl['keep_forward']:.2f} (exact {fl['keep_forward_exact']:.2f})")
+          f"keep_forward (2F+B)/(F+B) = {fl['keep_forward']:.2f} (exact {fl['keep_forward_exact']:.2f})"
+          + ("" if evo_floor is None else f"; evolving block: hand rda / hand static = {evo_floor:.2f}"))
     print(f"   {'variant':32s} {'us/eval':>9s} {'x hand':>7s} {'x none':>7s} {'floor':>6s} {'ops/step':>9s}")
     for r in rows:
         if r.kind in ("hand-fwd", "hand-nograd"):
             continue
         t = get(r)
-        x_static = (t / static[r.mode] if r.kind not in ("none", "hand", "tdq", "minimal", "odeint") and r.mode in static
-                    else float("nan"))
+        x_static = (t / static[r.mode] if not r.kind.startswith("hand") and r.kind not in ("none", "tdq", "minimal", "odeint")
+                    and r.mode in static else float("nan"))
         floor = fl.get(r.mode) if r.mode in ("checkpoint", "keep_forward") else (1.0 if r.mode == "backprop" else None)
+        if r.kind == "hand-rda":
+            x_static, floor = evo_floor, None  # the coupled weight ODE's own cost: hand rda / hand static
         ops = "" if r.ops is None else str(r.ops)
         print(f"   {r.label:32s} {t * 1e6 / evals:9.1f} {t / ref:7.3f} "
               f"{'' if x_static != x_static else f'{x_static:.3f}':>7s} "

@@ -17,7 +17,12 @@ a kind name, a mapping ``{"kind": name, "targets": [...], **options}``, or a bui
 Interface (``WeightEvolution``, ``base.py``), by ``style``:
 
 * ``"ode"`` (diffusion, advection, reaction, rda, generator): θ is part of the ODE state;
-  ``evo(t, thetas) -> dθ/dt`` (tuple in, tuple out, same shapes, no batch dim).
+  ``evo(t, thetas) -> dθ/dt`` (tuple in, tuple out, same shapes, no batch dim). Optional split of
+  that work: ``evo.prepare(dtype) -> tensors`` (the part that depends on the coefficients only,
+  e.g. the folded per-channel operators) and ``evo.rates_prepared(thetas, tensors)`` (bitwise
+  ``evo(t, thetas)``); an ODE block prepares once per solve and hands the tensors to the adjoint
+  in place of the evolution's parameters. ``prepare`` returning None (the default) means the
+  block calls ``evo(t, thetas)`` at every evaluation.
 * ``"explicit"`` (linear, galerkin, untied): θ(t) is closed-form;
   ``evo.weights_at_time(t, base, piece=None) -> tuple of θ(t)`` with ``base`` the θ0 tensors (the
   parameters of f). Nothing is integrated; exact for any solver; gradients through ordinary

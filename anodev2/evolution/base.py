@@ -10,7 +10,7 @@ parameters (the learned coefficients).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -139,6 +139,21 @@ class WeightEvolution(nn.Module):
 
     def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+    def prepare(self, dtype: torch.dtype = torch.float32) -> Optional[tuple[torch.Tensor, ...]]:
+        """The work of ``q`` that depends on the coefficients only, done once per solve (ode kinds
+        whose ``q`` does not depend on t): tensors for :meth:`rates_prepared`, through which the
+        gradient reaches the coefficients (an ODE block hands them to the adjoint in place of
+        the evolution's parameters). None (the default): no prepared form; the block calls
+        ``forward(t, thetas)`` at every evaluation."""
+        return None
+
+    def rates_prepared(self, thetas: tuple[torch.Tensor, ...],
+                       prepared: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``q(θ)`` from :meth:`prepare`'s tensors, equal to ``forward(t, thetas)`` bit for bit,
+        without ``forward``'s argument checks (the caller, an ODE block, passes one tensor per
+        target with its shape) and without the evolution-off switch (the block handles it)."""
+        raise NotImplementedError(f"evolution kind {self.kind!r} has no prepared form (prepare() is None)")
 
     def coefficients(self) -> dict[str, torch.Tensor]:
         """Detached effective coefficients (exactly the values the forward uses):

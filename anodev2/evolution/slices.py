@@ -20,8 +20,10 @@ projected back in place before the next forward, so its gradient keeps flowing (
 gradient descent). Zero is an allowed value of every term and gives ``q ≡ 0`` exactly.
 
 Cost: targets with the same kernel size share one coefficient tensor per term
-(``[ΣO, n_term]``); one matmul folds the coefficients into the ``M_o``; the targets that also
-share ``in_channels`` (every target of a ResNet block) are evolved by one batched matmul.
+(``[ΣO, n_term]``); one matmul folds the coefficients into the ``M_o``, once per solve
+(:meth:`SliceEvolution.prepare`; an evaluation of ``q`` only applies them,
+:meth:`SliceEvolution.rates_prepared`); the targets that also share ``in_channels`` (every
+target of a ResNet block) are evolved by one batched matmul.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class _Batch:
         self.sizes: list[int] = []
         self.channels: list[int] = []
         self.span: Optional[tuple[int, int]] = None
+        self.whole = False  # span covers every channel of the group
 
 
 class _Group:
@@ -93,7 +96,7 @@ class _Clamp(torch.autograd.Function):
     every diffusion and advection coefficient starts at its lower bound 0)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, low, high) -> torch.Tensor:
         return x.clamp(low, high)
 
     @staticmethod
@@ -102,6 +105,8 @@ class _Clamp(torch.autograd.Function):
 
 
 def _rows(x: torch.Tensor, batch: _Batch, index: Optional[torch.Tensor]) -> torch.Tensor:
+    if batch.whole:  # the batch is every channel of its group: no slice (and no slice_backward)
+        return x
     if batch.span is not None:
         return x[batch.span[0]:batch.span[1]]
     return x.index_select(0, index)
@@ -176,10 +181,16 @@ class SliceEvolution(WeightEvolution):
                 self.coef[_param_key(term.name, group.key)] = nn.Parameter(value)
             if mats:
                 self.register_buffer(f"_basis_{group.key}", torch.cat(mats).float(), persistent=False)
+                # per-column bounds of the linear terms' coefficients side by side (one clamp per solve)
+                for end, attr in ((0, "low"), (1, "high")):
+                    self.register_buffer(f"_{attr}_{group.key}", torch.cat(
+                        [torch.full((group.counts[t.name],), (t.low, t.high)[end]) for t in self._linear_terms]),
+                        persistent=False)
             for i, batch in enumerate(group.batches.values()):
                 first = batch.channels[0]
                 batch.span = (first, first + len(batch.channels)) \
                     if batch.channels == list(range(first, first + len(batch.channels))) else None
+                batch.whole = batch.span == (0, channels)
                 if batch.span is None:
                     self.register_buffer(f"_channels_{group.key}_{i}", torch.tensor(batch.channels),
                                          persistent=False)
@@ -200,10 +211,11 @@ class SliceEvolution(WeightEvolution):
                     for group in self._groups:
                         self.coef[_param_key(term.name, group.key)].clamp_(term.low, term.high)
             return
+        params = self.coef._parameters
         for term in self.term_specs:
             for group in self._groups:
                 key = _param_key(term.name, group.key)
-                p = self.coef[key]
+                p = params[key]
                 seen = (id(p), p.data_ptr(), p._version)
                 if self._seen.get(key) == seen:
                     continue
@@ -278,24 +290,57 @@ class SliceEvolution(WeightEvolution):
                 p[start:stop] = v.to(p.dtype)
 
     # --- the rate ----------------------------------------------------------------------
-    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def prepare(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+        """The coefficient-only part of (1), computed once per solve instead of at every
+        evaluation: per kernel-size group, the operators ``M_o`` ``[ΣO, HW, HW]`` (kinds with a
+        linear term, ``HW > 1``) and then the reaction ``[ΣO, 1, HW]`` (kinds with one), from the
+        effective (clamped) coefficients, in ``dtype`` (also under autocast). Stored values that
+        left their bounds are projected first. The gradient with respect to the coefficients flows
+        through these tensors: an ODE block hands them to the adjoint as the evolution's
+        parameters."""
         self._project()
-        out: list[torch.Tensor] = [torch.empty(0)] * len(thetas)
+        params = self.coef._parameters
+        device = next(iter(params.values())).device.type
+        if torch.is_autocast_enabled(device):  # the fold is coefficient-only: in full precision, once
+            with torch.autocast(device, enabled=False):
+                return self._prepare(params, dtype)
+        return self._prepare(params, dtype)
+
+    def _prepare(self, params, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        out: list[torch.Tensor] = []
         for group in self._groups:
-            dtype = thetas[group.members[0]].dtype
             cells = group.size[0] * group.size[1]
-            ops = None
             if self._linear_terms and cells > 1:
-                coef = torch.cat([self._effective(t_, group) for t_ in self._linear_terms], dim=1).to(dtype)
-                ops = (coef @ getattr(self, f"_basis_{group.key}").to(dtype)).view(-1, cells, cells)
-            reaction = self._effective(self._reaction, group).to(dtype) if self._reaction is not None else None
+                # clamp(cat(stored)) = cat(clamp(stored)) (:meth:`_effective`) with one clamp
+                parts = [params[_param_key(t_.name, group.key)] for t_ in self._linear_terms]
+                raw = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+                coef = _Clamp.apply(raw, getattr(self, f"_low_{group.key}"), getattr(self, f"_high_{group.key}"))
+                out.append((coef.to(dtype) @ getattr(self, f"_basis_{group.key}").to(dtype)).view(-1, cells, cells))
+            if self._reaction is not None:
+                out.append(self._effective(self._reaction, group).to(dtype).unsqueeze(1))
+        return tuple(out)
+
+    def rates_prepared(self, thetas: tuple[torch.Tensor, ...],
+                       prepared: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``q(θ)`` of (1) from :meth:`prepare`'s tensors (no checks: the caller passes one
+        tensor per target with its shape)."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(thetas)
+        it = iter(prepared)
+        for group in self._groups:
+            cells = group.size[0] * group.size[1]
+            ops = next(it) if self._linear_terms and cells > 1 else None
+            reaction = next(it) if self._reaction is not None else None
             for i, batch in enumerate(group.batches.values()):
                 parts = [thetas[m].reshape(o, batch.in_channels, cells) for m, o in zip(batch.members, batch.sizes)]
                 w = parts[0] if len(parts) == 1 else torch.cat(parts)  # [ΣO, I, HW]
                 index = None if batch.span is not None else getattr(self, f"_channels_{group.key}_{i}")
-                q = torch.bmm(w, _rows(ops, batch, index)) if ops is not None else None
+                q = None
+                if ops is not None:
+                    m_ = _rows(ops, batch, index)
+                    q = torch.bmm(w, m_ if m_.dtype == w.dtype else m_.to(w.dtype))
                 if reaction is not None:
-                    r = _rows(reaction, batch, index).unsqueeze(1)  # [ΣO, 1, HW]
+                    r = _rows(reaction, batch, index)  # [ΣO, 1, HW]
+                    r = r if r.dtype == w.dtype else r.to(w.dtype)
                     q = r * torch.tanh(w) if q is None else torch.addcmul(q, r, torch.tanh(w))
                 if q is None:  # only linear terms on 1x1 kernels: nothing moves
                     q = torch.zeros_like(w)
@@ -303,6 +348,9 @@ class SliceEvolution(WeightEvolution):
                 for m, piece in zip(batch.members, pieces):
                     out[m] = piece.view(thetas[m].shape)
         return tuple(out)
+
+    def _rates(self, t: torch.Tensor, thetas: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return self.rates_prepared(thetas, self.prepare(thetas[0].dtype))
 
     def operator(self, name: str) -> torch.Tensor:
         """The matrices ``M_o`` of target ``name``'s linear part, ``[O, HW, HW]`` (float64,

@@ -60,21 +60,34 @@ def _stage_time(t: Time, c: float, h: Time, like: Tensor) -> Tensor:
     return torch.full((), t + c * h, dtype=like.dtype, device=like.device)
 
 
-_LAST_READS: dict[int, tuple[ButcherTableau, tuple[int, ...]]] = {}
+_PLANS: dict[int, tuple[ButcherTableau, "_Plan"]] = {}
 
 
-def _last_reads(tableau: ButcherTableau) -> tuple[int, ...]:
-    """For each stage j, the last stage whose input reads ``k_j`` (``j`` itself if none does);
-    computed once per tableau object (looked up by identity: hashing the tableau costs more)."""
-    hit = _LAST_READS.get(id(tableau))
+class _Plan:
+    """What :func:`rk_step` reads from a tableau, precomputed once per tableau object (looked up
+    by identity: hashing the frozen tableau costs more than the lookup saves): the number of
+    stages, each stage's nonzero ``(j, a_ij)``, ``b``, and ``last[j]``, the last stage whose
+    input reads ``k_j`` (``j`` itself if none does)."""
+
+    __slots__ = ("stages", "rows", "b", "last")
+
+    def __init__(self, tableau: ButcherTableau) -> None:
+        s = tableau.stages
+        self.stages = s
+        self.rows = tuple(tuple((j, a) for j, a in enumerate(tableau.a[i]) if a != 0.0) for i in range(s))
+        self.b = tableau.b
+        self.last = tuple(max([i for i in range(j + 1, s) if tableau.a[i][j] != 0.0], default=j) for j in range(s))
+
+
+def _plan(tableau: ButcherTableau) -> _Plan:
+    hit = _PLANS.get(id(tableau))
     if hit is not None and hit[0] is tableau:
         return hit[1]
-    last = tuple(max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0], default=j)
-                 for j in range(tableau.stages))
-    if len(_LAST_READS) > 256:
-        _LAST_READS.clear()
-    _LAST_READS[id(tableau)] = (tableau, last)
-    return last
+    plan = _Plan(tableau)
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[id(tableau)] = (tableau, plan)
+    return plan
 
 
 def stage_times(t0: float, h: float, steps: int, tableau: ButcherTableau, like: Tensor) -> tuple[tuple[Tensor, ...], ...]:
@@ -107,17 +120,18 @@ def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTable
     Returns:
         The state at ``t + h``, a new tuple with the shapes of ``y``.
     """
-    last = _last_reads(tableau)
-    ks: list[Optional[State]] = [None] * tableau.stages
+    plan = _plan(tableau)
+    last = plan.last
+    ks: list[Optional[State]] = [None] * plan.stages
     out: Optional[list[Tensor]] = None
-    for i in range(tableau.stages):
-        yi = _axpy(y, [(h * a, ks[j]) for j, a in enumerate(tableau.a[i]) if a != 0.0])
+    for i, row in enumerate(plan.rows):
+        yi = _axpy(y, [(h * a, ks[j]) for j, a in row]) if row else y
         for j in range(i):
             if last[j] == i:
                 ks[j] = None
         k = func(_stage_time(t, tableau.c[i], h, y[0]) if times is None else times[i], yi)
         del yi
-        b = tableau.b[i]
+        b = plan.b[i]
         if b != 0.0:
             if out is None:
                 out = [_new_sum(yv, h * b, kv) for yv, kv in zip(y, k)]
