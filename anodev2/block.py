@@ -237,13 +237,13 @@ class CoupledField(nn.Module):
     #: empty (no overhead) when f has none. Set by ODEBlock.
     time_norms: tuple = ()
 
-    def forward(self, t: Tensor, state, piece: Optional[int] = None, solve: Optional["_Prepared"] = None):
+    def forward(self, t: Tensor, state, piece: Optional[int] = None):
         if not self.time_norms:
-            return self._forward(t, state, piece, solve)
+            return self._forward(t, state, piece)
         with _at_time(self.time_norms, t):
-            return self._forward(t, state, piece, solve)
+            return self._forward(t, state, piece)
 
-    def _forward(self, t: Tensor, state, piece: Optional[int] = None, solve: Optional["_Prepared"] = None):
+    def _forward(self, t: Tensor, state, piece: Optional[int] = None):
         if self.style == "explicit":
             base = tuple(self.f.get_parameter(n) for n in self.scheduled)
             thetas = self.evolution.weights_at_time(t, base, piece)
@@ -257,13 +257,19 @@ class CoupledField(nn.Module):
                 return self.f(t, state) if self.time_input else self.f(state)
         if not self.names:
             return self.f(t, state) if self.time_input else self.f(state)
+        return self.coupled(t, state)
+
+    def coupled(self, t: Tensor, state, slots=_RESOLVE, tensors: Optional[tuple[Tensor, ...]] = None):
+        """The ode style's ``(f(z; θ), q(θ))`` for ``state = (z, θ_1, .., θ_k)``; ``slots`` and
+        ``tensors``: where f's targets live and the evolution's prepared tensors, found once per
+        solve by :class:`_Prepared` (default: found / computed here)."""
         z, thetas = state[0], tuple(state[1:])
         self._record(t, thetas)
         args = (t, z) if self.time_input else (z,)
-        if solve is None:
-            return (_call_with_weights(self.f, self.names, thetas, args), *self.evolution(t, thetas))
-        dz = _call_with_weights(self.f, self.names, thetas, args, solve.slots)
-        return (dz, *self.evolution.rates_prepared(thetas, solve.tensors))
+        dz = _call_with_weights(self.f, self.names, thetas, args, slots)
+        if tensors is None:
+            return (dz, *self.evolution(t, thetas))
+        return (dz, *self.evolution.rates_prepared(thetas, tensors))
 
 
 class _Prepared(nn.Module):
@@ -281,7 +287,11 @@ class _Prepared(nn.Module):
         self.slots = _weight_slots(field.f, field.names)
 
     def forward(self, t: Tensor, state):
-        return self.field(t, state, solve=self)
+        field = self.field  # its coupled() directly: no second module call per evaluation
+        if not field.time_norms:
+            return field.coupled(t, state, self.slots, self.tensors)
+        with _at_time(field.time_norms, t):
+            return field.coupled(t, state, self.slots, self.tensors)
 
 
 class _PieceField(nn.Module):

@@ -324,7 +324,7 @@ class SliceEvolution(WeightEvolution):
                        prepared: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """``q(θ)`` of (1) from :meth:`prepare`'s tensors (no checks: the caller passes one
         tensor per target with its shape)."""
-        out: list[torch.Tensor] = [torch.empty(0)] * len(thetas)
+        out: list = [None] * len(thetas)
         it = iter(prepared)
         for group in self._groups:
             cells = group.size[0] * group.size[1]
