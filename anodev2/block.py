@@ -194,7 +194,7 @@ def _takes_time(f: nn.Module) -> bool:
 @contextlib.contextmanager
 def _at_time(layers, t) -> Iterator[None]:
     """Tell per-time normalisation layers (``TimeBatchNorm2d``) the time of this evaluation of f."""
-    time = float(t)
+    time = t if isinstance(t, float) else float(t)
     for m in layers:
         m.current_time = time
     try:
@@ -287,11 +287,16 @@ class _Prepared(nn.Module):
         self.slots = _weight_slots(field.f, field.names)
 
     def forward(self, t: Tensor, state):
-        field = self.field  # its coupled() directly: no second module call per evaluation
-        if not field.time_norms:
-            return field.coupled(t, state, self.slots, self.tensors)
-        with _at_time(field.time_norms, t):
-            return field.coupled(t, state, self.slots, self.tensors)
+        return _coupled_at(self.field, t, t, state, self.slots, self.tensors)
+
+
+def _coupled_at(field: CoupledField, time, t: Tensor, state, slots, tensors):
+    """``field.coupled(t, state, slots, tensors)`` (no second module call per evaluation), with the
+    per-time normalisation layers told ``time`` (a float or ``t`` itself)."""
+    if not field.time_norms:
+        return field.coupled(t, state, slots, tensors)
+    with _at_time(field.time_norms, time):
+        return field.coupled(t, state, slots, tensors)
 
 
 class _PieceField(nn.Module):
@@ -496,7 +501,7 @@ class ODEBlock(nn.Module):
         field in the forward pass, the recomputation and the reversal alike."""
         if torch.compiler.is_compiling():
             if isinstance(self.grad_mode, Backprop):
-                return self._odeint(self.field, y0, callback)
+                return self._odeint(self._traced_field(y0), y0, callback, params=())
             return _solve_outside_dynamo(self, y0, callback)
         compiled = self.__dict__.get("_compiled_field")
         if compiled is not None:
@@ -506,6 +511,26 @@ class ODEBlock(nn.Module):
             return self._odeint(self.field, y0, callback)
         params = () if isinstance(self.grad_mode, Backprop) else (*self._f_params(), *tensors)
         return self._odeint(_Prepared(self.field, tensors), y0, callback, params)
+
+    def _traced_field(self, y0):
+        """The vector field of a Backprop solve that dynamo traces: the evolution's prepared tensors
+        made once per solve (so a stored coefficient is projected once, before any use), and the
+        per-time normalisation layers told each evaluation's time as the Python float of the fixed
+        grid -- a Backprop solve evaluates f exactly in grid order -- so that tracing needs no
+        ``float(t)`` (a graph break at every evaluation)."""
+        field = self.field
+        tensors = self.evolution.prepare(y0[1].dtype) if field.names else None
+        if tensors is None and not field.time_norms:
+            return field
+        h = (self.t1 - self.t0) / self.steps
+        times = iter([(self.t0 + n * h) + c * h for n in range(self.steps) for c in self.tableau.c])
+
+        def func(t: Tensor, state):
+            if tensors is not None:
+                return _coupled_at(field, next(times), t, state, _RESOLVE, tensors)
+            with _at_time(field.time_norms, next(times)):
+                return field._forward(t, state)
+        return func
 
     def _odeint(self, func, y0, callback, params=None):
         return odeint(func, y0, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad_mode,

@@ -156,6 +156,28 @@ def test_compiled_network_matches_eager_and_breaks_only_at_adjoint_blocks():
     net[2].uncompile_field()
 
 
+def test_compiled_backprop_block_with_rda_and_per_time_batchnorm_traces_without_a_break():
+    """A Backprop block with an evolving θ and per-time BatchNorm (norm="batch_t") traces into one
+    graph: the coefficients are prepared (and projected) once per solve, and the normalisation is
+    told each evaluation's time as a float of the fixed grid (no float(t) in the trace). Gradients
+    equal eager's, and each slot is updated once per forward (times 0 and 1/2 of euler x 2; never 1)."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) is not supported on this platform / Python")
+    from anodev2.time_norm import TimeBatchNorm2d
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), TimeBatchNorm2d(2), nn.Tanh(), nn.Conv2d(2, 2, 3, padding=1))
+    blk = anodev2.ODEBlock(f, steps=2, method="euler", grad=anodev2.Backprop(),
+                           evolution={"kind": "rda", "init_scale": 0.1})
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), blk, nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    _, breaks = compile_and_compare(net, torch.randn(2, 1, 4, 4))
+    assert breaks == {}, list(breaks)
+    bn = f[1]
+    assert bn.times == (0.0, 0.5, 1.0)
+    assert [int(bn.get_buffer(f"num_batches_tracked_t{k}")) for k in range(3)] == [2, 2, 0]  # eager + compiled
+
+
 @pytest.mark.parametrize("kind", ["rda", "generator", "diffusion", "reaction"])
 def test_prepared_rates_are_bitwise_the_evolution_forward(kind):
     """An ode kind's coefficient-only work, done once per solve (prepare), then applied at each
