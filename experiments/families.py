@@ -228,7 +228,7 @@ def statistics_of(grid: FamilyGrid, rows: list[dict]) -> dict:
         done = [by[(name, s)] for s in grid.seeds if by[(name, s)]["finished"]]
         rec["params"] = done[0]["params"] if done else None
         times = [by[(name, s)]["s_per_epoch"] for s in grid.seeds if by[(name, s)]["s_per_epoch"] is not None]
-        rec["s_per_epoch"] = statistics.mean(times) if times else None
+        rec["s_per_epoch"] = statistics.median(times) if times else None  # robust to a run on a loaded machine
         if name != REFERENCE and REFERENCE in fams:
             seeds = [s for s in grid.seeds if by[(name, s)]["test_acc"] is not None
                      and by[(REFERENCE, s)]["test_acc"] is not None]
@@ -274,7 +274,9 @@ def summary(grid: FamilyGrid, rows: list[dict], st: dict, name: str) -> str:
     lines = [f"# Families grid `{name}` ({grid.model}, {n_seeds} paired seeds {list(grid.seeds)})", "",
              f"Recipe (every run): `--config {grid.base} {' '.join(grid.common)}`", "",
              "Final test accuracy (%) over seeds; Δ = family − ANODE per seed (paired), its 95 % t interval "
-             "(n − 1 df) and two-sided p; p_Holm: Holm-adjusted over the families compared with ANODE.", "",
+             "(n − 1 df) and two-sided p; p_Holm: Holm-adjusted over the families compared with ANODE; "
+             "s/epoch: median over the seeds of each run's mean wall seconds per training epoch (wall time "
+             "grows with the machine's load while the run trained; `--measure` times the families side by side).", "",
              "| family | n | mean ± sd | min / max | Δ vs ANODE | 95 % CI of Δ | p | p_Holm | params | s/epoch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in grid.families:

@@ -126,7 +126,7 @@ def test_summary_statistics_by_hand(tmp_path):
         _fake_run(tmp_path, f"resnet4-anode-s{seed}", labels, first(n_anode), epoch_time=2.0)
         _fake_run(tmp_path, f"resnet4-baseline-s{seed}", labels, first(n_base), epoch_time=1.0, params=900)
         _fake_run(tmp_path, f"resnet4-rda-s{seed}", labels, first(n_anode + j), first(n_anode + j - lost),
-                  epoch_time=3.0, params=1100)
+                  epoch_time=(3.0, 3.0, 9.0)[seed], params=1100)  # one run on a loaded machine: median 3
     md = families.aggregate(grid, tmp_path, "test")
     st = json.loads((tmp_path / "stats.json").read_text())
     fam = st["families"]
