@@ -353,12 +353,13 @@ def measure(grid: FamilyGrid, steps: int, batch: int) -> list[dict]:
 
     torch.set_num_threads(1)
     width = next((float(o.split("=")[1]) for o in grid.common if o.startswith("model.width=")), 1.0)
+    norm = _override(grid, "model.norm", "batch")  # the grid's normalisation (batch_t for cpu)
     nets = {}
     for name in grid.families:
         fam = BY_NAME[name]
         torch.manual_seed(0)
         opts = {"evolution": fam.evolution} if fam.evolving else {}
-        net = build(grid.model, fam.variant, width=width, **opts)
+        net = build(grid.model, fam.variant, width=width, norm=norm, **opts)
         nets[name] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     xe = torch.randn(2 * batch, 3, 32, 32)

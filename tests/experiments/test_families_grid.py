@@ -214,3 +214,16 @@ def test_quick_grid_end_to_end_skip_and_resume(tmp_path, capsys):
     assert families.main([*sel, "--dry-run"]) == 0
     listing = capsys.readouterr().out
     assert "post     resnet4-rda-s0" in listing and "partial  resnet4-anode-s0" in listing
+
+
+def test_measure_times_the_networks_the_grid_trains(monkeypatch):
+    """--measure builds every family with the grid's normalisation (the cpu grid's batch_t)."""
+    import anodev2.models
+
+    seen = []
+    real = anodev2.models.build
+    monkeypatch.setattr(anodev2.models, "build", lambda *a, **k: seen.append(k["norm"]) or real(*a, **k))
+    grid = families.grids(None)["quick"]
+    rows = families.measure(grid, steps=1, batch=2)
+    assert [r["family"] for r in rows] == list(grid.families)
+    assert seen == ["batch_t"] * len(grid.families) and "model.norm=batch_t" in families.grids(None)["cpu"].common
