@@ -24,7 +24,7 @@ from .config import (CONFIG_DIR, Config, ConfigError, available_configs, config_
                      dump_config, load_config, load_raw, merge_raw, parse_overrides)
 from .data import DataError
 from .resume_guard import FIXED_BY_CHECKPOINT, RESUMES_KEY, free_keys, guard_resume
-from .run_files import CheckpointError, RunLockedError, Terminated
+from .run_files import CheckpointError, RunLockedError, Terminated, sigterm_raises
 from .trainer import NonFiniteError, UsageError, fit, with_absolute_data_root
 
 __all__ = ["main", "build_parser", "resolve_config", "resolve_resume", "EXIT_STATUS"]
@@ -150,15 +150,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = None
     try:
-        resumes = None
-        if args.resume is None:
-            cfg = resolve_config(args.config, args.overrides, None, args.allow_change)
-        else:
-            cfg, resumes = resolve_resume(args.config, args.overrides, args.resume, args.allow_change)
-        if args.print_config:
-            print(dump_config(cfg), end="")
-            return EXIT_STATUS["done"]
-        fit(cfg, resume=args.resume is not None, resumes=resumes)
+        with sigterm_raises():  # from the first line on: a SIGTERM while the config is read gets our message too
+            resumes = None
+            if args.resume is None:
+                cfg = resolve_config(args.config, args.overrides, None, args.allow_change)
+            else:
+                cfg, resumes = resolve_resume(args.config, args.overrides, args.resume, args.allow_change)
+            if args.print_config:
+                print(dump_config(cfg), end="")
+                return EXIT_STATUS["done"]
+            fit(cfg, resume=args.resume is not None, resumes=resumes)
     except BAD_INPUT as e:
         if getattr(e, "quiet", False):  # another rank reported it
             return EXIT_STATUS["bad input"]

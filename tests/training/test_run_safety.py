@@ -571,3 +571,44 @@ def test_reconcile_rebuilds_or_names_a_best_pt_that_does_not_match_the_history(t
         f"warning: {tmp_path / 'best.pt'} should hold epoch 1 (the best test accuracy in metrics.jsonl) but is "
         f"missing; it is rewritten at the next epoch that beats epoch 1"]
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_sigterm_while_the_config_is_read_gets_the_one_line_and_143(monkeypatch, capsys):
+    """A SIGTERM that arrives before training starts (here: while the config is resolved) is handled
+    like one during training: one line, exit 143, no traceback."""
+    import os
+    import signal
+
+    from anodev2.training import cli
+
+    def slow_resolve(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs at the next bytecode boundary
+            pass
+        raise AssertionError("SIGTERM was not delivered")
+
+    monkeypatch.setattr(cli, "resolve_config", slow_resolve)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--config", "smoke"]) == 143
+    err = capsys.readouterr().err
+    assert err.strip() == "terminated: no checkpoint was written yet", err
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_sigterm_while_torch_is_imported_gets_the_one_line_and_143(tmp_path):
+    """Before the CLI is imported (torch's import takes seconds), the entry point's own handler answers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_coupled.py"), "--config", "smoke",
+                             f"out_dir={tmp_path / 'run'}", "data.name=synthetic"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(1.0)  # past the handler (the script's first lines); torch's import takes longer than this
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "Traceback" not in err and err.strip().startswith("terminated:"), err
