@@ -169,3 +169,14 @@ def test_memory_time_study_budget_parsing():
     for bad in ("-1", "x", ""):
         with pytest.raises(Exception):
             mts.parse_budgets(bad)
+
+
+def test_profile_models_quick_sees_the_evolution_ops(capsys):
+    """profile_models --quick profiles both variants; only ANODEV2 runs the weight ODE's batched
+    matmul (the rda evolution applies its folded operators with bmm), and its step issues more ops."""
+    from experiments import profile_models
+
+    anode, v2 = profile_models.main(["--quick"])
+    assert anode.get("aten::bmm", (0.0, 0.0))[1] == 0 and v2["aten::bmm"][1] > 0
+    assert sum(n for _, n in v2.values()) > sum(n for _, n in anode.values())
+    assert "anodev2: self CPU" in capsys.readouterr().out
