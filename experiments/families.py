@@ -329,13 +329,55 @@ def summary(grid: FamilyGrid, rows: list[dict], st: dict, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_effects(grid: FamilyGrid, rows: list[dict], st: dict, path: Path) -> bool:
+    """``effects.png``: per family the paired differences to ANODE (one dot per seed, the mean with
+    its 95 % t interval) and, for the evolving families, the change when the evolution is switched
+    off after training (off − on, same layout). Returns False when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["family"], r["seed"]): r for r in rows}
+    fams = st["families"]
+    panels = [("Δ test accuracy vs ANODE (points)", [
+        (fams[n]["title"], fams[n]["vs_reference"]["diffs"], fams[n]["vs_reference"])
+        for n in grid.families if "vs_reference" in fams[n]])]
+    panels.append(("evolution off − on (points)", [
+        (fams[n]["title"], [by[(n, s)]["test_acc_off"] - by[(n, s)]["test_acc"] for s in fams[n]["off"]["seeds"]],
+         fams[n]["off"]["change"]) for n in grid.families if "off" in fams[n]]))
+    if not panels[0][1]:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 + 0.45 * len(panels[0][1])), sharey=False)
+    for ax, (title, items) in zip(axes, panels):
+        for y, (label, diffs, t) in enumerate(items):
+            ax.scatter(diffs, [y] * len(diffs), s=14, color="0.55", zorder=2)
+            if t.get("ci_low") is not None:
+                ax.plot([t["ci_low"], t["ci_high"]], [y, y], color="C0", lw=2, zorder=1)
+            ax.plot([t["mean"]], [y], "D", color="C0", ms=6, zorder=3)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_yticks(range(len(items)), [label for label, _, _ in items])
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    n = len(grid.seeds)
+    fig.suptitle(f"{grid.model}, {n} paired seeds: dots = seeds, diamond = mean, bar = 95 % paired t interval",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def aggregate(grid: FamilyGrid, out: Path, name: str) -> str:
-    """Write runs.csv, stats.json and summary.md into ``out``; return the markdown."""
+    """Write runs.csv, stats.json, summary.md and effects.png into ``out``; return the markdown."""
     rows = collect(grid, out)
     write_csv(out / "runs.csv", [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
     st = statistics_of(grid, rows)
     (out / "stats.json").write_text(json.dumps(st, indent=1, default=float) + "\n")
     md = summary(grid, rows, st, name)
+    if plot_effects(grid, rows, st, out / "effects.png"):
+        md = md.replace("Every run's curves", "Paired effects with their intervals: `effects.png`.\n\nEvery run's curves")
     (out / "summary.md").write_text(md)
     return md
 

@@ -157,6 +157,7 @@ def test_summary_statistics_by_hand(tmp_path):
     assert "| 2 | 40 | 0 | 3 | exact binomial | 0.25 |" in md
     assert "| ANODEV2-rda | θ(t) = θ0 | 60.00 | 55.00 ± 4.33 | 50.00 / 57.50 | -5.00 |" in md
     assert "WARNING" not in md and "Not finished" not in md
+    assert (tmp_path / "effects.png").stat().st_size > 0 and "`effects.png`" in md  # the paired effects, drawn
     rows = list(__import__("csv").DictReader(open(tmp_path / "runs.csv")))
     assert len(rows) == 9 and all(r["agrees_with_trainer"] == "True" for r in rows)
 
