@@ -348,7 +348,7 @@ def plot_effects(grid: FamilyGrid, rows: list[dict], st: dict, path: Path) -> bo
          fams[n]["off"]["change"]) for n in grid.families if "off" in fams[n]]))
     if not panels[0][1]:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 + 0.45 * len(panels[0][1])), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(2.6, 1.2 + 0.45 * len(panels[0][1]))), sharey=False)
     for ax, (title, items) in zip(axes, panels):
         for y, (label, diffs, t) in enumerate(items):
             ax.scatter(diffs, [y] * len(diffs), s=14, color="0.55", zorder=2)
