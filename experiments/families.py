@@ -122,19 +122,16 @@ def grids(data_root: Optional[str]) -> dict[str, FamilyGrid]:
     ``--set model.norm=group``.
 
     Budget (3 h wall, 2 cores, ``--jobs 2``: two runs at once, one thread each). An epoch is 79 SGD
-    steps. CPU time per step at one thread (``--measure``, this machine, load 8.5, 5 interleaved
-    rounds): baseline 0.16 s, ANODE 0.39, rda 0.37, generator 0.41, linear 0.38, galerkin 0.39,
-    f(t, z) 0.45 (the ODE families within -4 % .. +15 % of ANODE). Calibration with real runs: the
-    previous CPU grid (same trainer, machine, subset, Nt and ``--jobs 2``; docs/figures/ablate_cpu/
-    runs.csv) took 50-58 s per epoch for ANODE, 63-64 s for rda and 24-28 s for the baseline,
-    each including a 10,000-image evaluation (about a fifth of it), i.e. about 1.4x the CPU-time
-    rate. Per seed: ANODE 10 x 43 s training + 3 evaluations (2 + the predictions step) x 11 s +
-    2 process start-ups ~ 480 s; rda / linear / galerkin / generator / f(t, z) 455-545 s
-    (measured ratios, one more evaluation with the evolution off); baseline ~ 235 s: ~ 3,250 s
-    per seed, 16,200 s for 5 seeds, **~ 2.3 h wall with two runs at once** (margin ~ 25 %). 15
-    epochs would need ~ 3.3 h. On a loaded machine every number scales with the load (the
-    ``--measure`` run above measured 5x CPU time as wall time at load 8.5); the grid is resumable
-    and runs seed by seed, so it can be run in parts.
+    steps. Planned from CPU time per step at one thread (``--measure``, load 8.5, plain BatchNorm):
+    baseline 0.16 s, the ODE families 0.37-0.45 s, calibrated with the previous CPU grid's epoch
+    times (docs/figures/ablate_cpu/runs.csv; about 1.4x the CPU-time rate with the evaluation):
+    ~ 3,250 s per seed, **~ 2.3 h wall for 5 seeds with two runs at once**; 15 epochs would need
+    ~ 3.3 h. Measured: the grid ran in 1 h 37 min for 33 runs (2026-12-02, load 2-4) plus two
+    seed-0 runs reused from an earlier start; ``--measure --measure-steps 5`` on the quiet machine
+    afterwards (per-time BatchNorm): baseline 0.116 s/step, ANODE 0.297, rda 0.310, generator 0.300,
+    linear 0.303, galerkin 0.310, f(t, z) 0.319 (1.26 h for the grid with a core per run). On a
+    loaded machine every number scales with the load; the grid is resumable and runs seed by seed,
+    so it can be run in parts.
     """
     root = (f"data.root={data_root}",) if data_root else ()
     return {
