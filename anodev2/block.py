@@ -25,6 +25,7 @@ from .adjoint.registry import reject_loose_options
 from .evolution import EVOLUTION_KINDS, EVOLUTIONS, WeightEvolution, build_evolution, check_evolution_options
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
 from .solvers import ButcherTableau, Method, get_tableau
+from .solvers.stepper import time_value
 from .stats import SolveStats
 from .time_norm import attach_time_norms, time_grid
 
@@ -194,7 +195,7 @@ def _takes_time(f: nn.Module) -> bool:
 @contextlib.contextmanager
 def _at_time(layers, t) -> Iterator[None]:
     """Tell per-time normalisation layers (``TimeBatchNorm2d``) the time of this evaluation of f."""
-    time = t if isinstance(t, float) else float(t)
+    time = time_value(t)  # a stage time of the solver carries its float: no device-to-host copy
     for m in layers:
         m.current_time = time
     try:

@@ -94,11 +94,25 @@ def stage_times(t0: float, h: float, steps: int, tableau: ButcherTableau, like: 
     """The stage times ``t_n + c_i h`` of a whole solve as 0-dim tensors of ``like``'s dtype and
     device, ``[n][i]``, made with one tensor creation (views of one buffer; read-only for ``func``).
     Each value is the float ``(t0 + n h) + c_i h`` that :func:`rk_step` would compute, so a step
-    gets bitwise the same ``t`` with or without this table."""
+    gets bitwise the same ``t`` with or without this table. Each tensor also carries that float as
+    the attribute ``time_value`` (:func:`time_value`), so a vector field that needs t on the host
+    (per-time normalisation) reads it without a device-to-host copy."""
     values = [(t0 + n * h) + c * h for n in range(steps) for c in tableau.c]
     flat = torch.tensor(values, dtype=like.dtype, device=like.device).unbind(0)
+    if not torch.compiler.is_compiling():  # dynamo cannot trace setattr on a tensor
+        for v, t in zip(values, flat):
+            t.time_value = v
     s = tableau.stages
     return tuple(flat[n * s:(n + 1) * s] for n in range(steps))
+
+
+def time_value(t: Union[float, Tensor]) -> float:
+    """``t`` as a Python float: the float a stage-time tensor of :func:`stage_times` was made from
+    (no device-to-host copy), else ``float(t)``."""
+    if isinstance(t, float):
+        return t
+    value = getattr(t, "time_value", None)
+    return float(t) if value is None else value
 
 
 def rk_step(func: VectorField, t: Time, y: State, h: Time, tableau: ButcherTableau,

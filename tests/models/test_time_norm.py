@@ -195,3 +195,25 @@ def test_config_accepts_batch_t():
     assert cfg.model.norm == "batch_t"
     assert any(isinstance(m, TimeBatchNorm2d) for m in build_model(cfg).modules())
     assert "batch_t" in cli.build_parser().format_help()
+
+
+@pytest.mark.parametrize("grad", ["backprop", "checkpoint"])
+def test_the_slot_is_found_without_reading_t_from_the_device(monkeypatch, grad):
+    """The block tells the layers each evaluation's time from the float the solver's stage-time
+    tensor was made from (``time_value``), never ``float(t)``: on a GPU that would be a
+    device-to-host copy, waiting for the queued work, at every evaluation of f."""
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), TimeBatchNorm2d(2), nn.Tanh(), nn.Conv2d(2, 2, 3, padding=1))
+    blk = anodev2.ODEBlock(f, steps=3, method="rk4", grad=grad, evolution={"kind": "rda", "init_scale": 0.1})
+    x = torch.randn(4, 2, 5, 5)
+
+    def no_float(self):
+        raise AssertionError("float(t) of a tensor was read inside the solve")
+
+    monkeypatch.setattr(torch.Tensor, "__float__", no_float)
+    blk(x).square().mean().backward()
+    monkeypatch.undo()
+    bn = f[1]
+    counts = [int(bn.get_buffer(f"num_batches_tracked_t{k}")) for k in range(len(bn.times))]
+    evaluated = [(n + c) / 3 for n in range(3) for c in (0.0, 0.5, 0.5, 1.0)]  # rk4's stage times, forward only
+    assert counts == [sum(abs(t - e) < 1e-9 for e in evaluated) for t in bn.times] == [1, 2, 2, 2, 2, 2, 1]
