@@ -25,7 +25,7 @@ from .adjoint.registry import reject_loose_options
 from .evolution import EVOLUTION_KINDS, EVOLUTIONS, WeightEvolution, build_evolution, check_evolution_options
 from .odeint import DEFAULT_GRAD, DEFAULT_METHOD, DEFAULT_STEPS, odeint
 from .solvers import ButcherTableau, Method, get_tableau
-from .solvers.stepper import time_value
+from .solvers.stepper import stage_time_values, time_value
 from .stats import SolveStats
 from .time_norm import attach_time_norms, time_grid
 
@@ -205,6 +205,15 @@ def _at_time(layers, t) -> Iterator[None]:
             m.current_time = None
 
 
+def _timed(layers, t, fn, *args):
+    """``fn(*args)`` with the per-time normalisation layers told the time ``t`` (a float or a
+    stage-time tensor); no context at all when f has none (the common case)."""
+    if not layers:
+        return fn(*args)
+    with _at_time(layers, t):
+        return fn(*args)
+
+
 class CoupledField(nn.Module):
     """The vector field an ODEBlock integrates, by the evolution's ``style``:
 
@@ -239,10 +248,7 @@ class CoupledField(nn.Module):
     time_norms: tuple = ()
 
     def forward(self, t: Tensor, state, piece: Optional[int] = None):
-        if not self.time_norms:
-            return self._forward(t, state, piece)
-        with _at_time(self.time_norms, t):
-            return self._forward(t, state, piece)
+        return _timed(self.time_norms, t, self._forward, t, state, piece)
 
     def _forward(self, t: Tensor, state, piece: Optional[int] = None):
         if self.style == "explicit":
@@ -287,17 +293,8 @@ class _Prepared(nn.Module):
         self.tensors = tensors
         self.slots = _weight_slots(field.f, field.names)
 
-    def forward(self, t: Tensor, state):
-        return _coupled_at(self.field, t, t, state, self.slots, self.tensors)
-
-
-def _coupled_at(field: CoupledField, time, t: Tensor, state, slots, tensors):
-    """``field.coupled(t, state, slots, tensors)`` (no second module call per evaluation), with the
-    per-time normalisation layers told ``time`` (a float or ``t`` itself)."""
-    if not field.time_norms:
-        return field.coupled(t, state, slots, tensors)
-    with _at_time(field.time_norms, time):
-        return field.coupled(t, state, slots, tensors)
+    def forward(self, t: Tensor, state):  # the field's coupled() directly: no second module call
+        return _timed(self.field.time_norms, t, self.field.coupled, t, state, self.slots, self.tensors)
 
 
 class _PieceField(nn.Module):
@@ -322,10 +319,7 @@ class _OffField(nn.Module):
         self.field = field
 
     def forward(self, t: Tensor, z):
-        if not self.field.time_norms:
-            return self._forward(t, z)
-        with _at_time(self.field.time_norms, t):
-            return self._forward(t, z)
+        return _timed(self.field.time_norms, t, self._forward, t, z)
 
     def _forward(self, t: Tensor, z):
         field = self.field
@@ -523,14 +517,12 @@ class ODEBlock(nn.Module):
         tensors = self.evolution.prepare(y0[1].dtype) if field.names else None
         if tensors is None and not field.time_norms:
             return field
-        h = (self.t1 - self.t0) / self.steps
-        times = iter([(self.t0 + n * h) + c * h for n in range(self.steps) for c in self.tableau.c])
+        times = iter(stage_time_values(self.t0, (self.t1 - self.t0) / self.steps, self.steps, self.tableau))
 
         def func(t: Tensor, state):
             if tensors is not None:
-                return _coupled_at(field, next(times), t, state, _RESOLVE, tensors)
-            with _at_time(field.time_norms, next(times)):
-                return field._forward(t, state)
+                return _timed(field.time_norms, next(times), field.coupled, t, state, _RESOLVE, tensors)
+            return _timed(field.time_norms, next(times), field._forward, t, state)
         return func
 
     def _odeint(self, func, y0, callback, params=None):

@@ -90,6 +90,12 @@ def _plan(tableau: ButcherTableau) -> _Plan:
     return plan
 
 
+def stage_time_values(t0: float, h: float, steps: int, tableau: ButcherTableau) -> list[float]:
+    """The stage times ``(t0 + n h) + c_i h`` of a solve as Python floats, in evaluation order
+    (step n, then stage i): the values :func:`rk_step` computes."""
+    return [(t0 + n * h) + c * h for n in range(steps) for c in tableau.c]
+
+
 def stage_times(t0: float, h: float, steps: int, tableau: ButcherTableau, like: Tensor) -> tuple[tuple[Tensor, ...], ...]:
     """The stage times ``t_n + c_i h`` of a whole solve as 0-dim tensors of ``like``'s dtype and
     device, ``[n][i]``, made with one tensor creation (views of one buffer; read-only for ``func``).
@@ -97,7 +103,7 @@ def stage_times(t0: float, h: float, steps: int, tableau: ButcherTableau, like: 
     gets bitwise the same ``t`` with or without this table. Each tensor also carries that float as
     the attribute ``time_value`` (:func:`time_value`), so a vector field that needs t on the host
     (per-time normalisation) reads it without a device-to-host copy."""
-    values = [(t0 + n * h) + c * h for n in range(steps) for c in tableau.c]
+    values = stage_time_values(t0, h, steps, tableau)
     flat = torch.tensor(values, dtype=like.dtype, device=like.device).unbind(0)
     if not torch.compiler.is_compiling():  # dynamo cannot trace setattr on a tensor
         for v, t in zip(values, flat):
