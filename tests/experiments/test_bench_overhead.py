@@ -31,10 +31,13 @@ def test_hand_rda_floor_row_is_the_library_rda_block():
 
 
 def test_quick_run_reports_the_evolving_floor(tmp_path, capsys):
-    assert bo.main(["--quick", "--no-tdq", "--no-minimal", "--no-ops", "--out", str(tmp_path)]) == 0
+    assert bo.main(["--quick", "--no-tdq", "--no-minimal", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "evolving block: hand rda / hand static =" in out
     rows = list(csv.DictReader(open(tmp_path / "overhead.csv")))
     floor = [r for r in rows if r["kind"] == "hand-rda" and r["clock"] == "cpu"]
-    assert len(floor) == 1 and float(floor[0]["x_static"]) > 1.0  # q costs something in every regime
+    static = [r for r in rows if r["kind"] == "hand-func" and r["clock"] == "cpu"]
+    assert len(floor) == len(static) == 1 and float(floor[0]["x_static"]) > 0  # a ratio was measured
+    # q costs something in every regime: counted (deterministic), not timed (load-dependent)
+    assert int(floor[0]["ops_per_step"]) > int(static[0]["ops_per_step"]) > 0
     assert {r["variant"] for r in rows} >= {"hand", "hand static, F.conv2d", "none/checkpoint", "rda/checkpoint"}
